@@ -1,0 +1,50 @@
+# metermesh: one Makefile for setting up, running, testing, benchmarking and linting.
+# Everything runs from .venv at the repository root, created by `make setup` on first use.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+PROTOS := $(shell find protos -name '*.proto')
+
+.PHONY: setup run test bench bench-ingest protos protos-check lint clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "metermesh needs Python 3.11 (found %s): set PYTHON=python3.11" % sys.version.split()[0]'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip==25.3
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/metermesh up --simulate
+
+test: setup
+	$(PY) -m pytest
+
+bench: bench-ingest
+
+bench-ingest: setup
+	$(PY) -m bench.ingest --write BENCHMARKS.md
+
+protos: setup
+	$(PY) tools/gen_protos.py
+
+# CI: generated code must match the contracts (regenerate, then fail on any difference).
+protos-check: protos
+	@git diff --exit-code -- gen/ && test -z "$$(git status --porcelain -- gen/)" \
+		|| (echo "gen/ is stale: run 'make protos' and commit the result" >&2; exit 1)
+
+node_modules/.bin/buf: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+lint: setup node_modules/.bin/buf
+	node_modules/.bin/buf lint
+	$(VENV)/bin/ruff check services gateway tests tools bench
+	$(VENV)/bin/ruff format --check services gateway tests tools bench
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache

@@ -1,0 +1,57 @@
+"""Settings every metermesh service reads from its environment, frozen and validated at start-up."""
+
+from __future__ import annotations
+
+import sys
+from typing import TypeVar
+
+from pydantic import Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    """What every service needs. Service settings subclass this and add their own fields.
+
+    Names are `METERMESH_<FIELD>` except the two connection URLs, which keep the names operators
+    and other tools already use.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="METERMESH_", frozen=True, extra="ignore")
+
+    nats_url: str = Field(validation_alias="NATS_URL", min_length=1)
+    database_url: str = Field(validation_alias="DATABASE_URL", min_length=1)
+    log_level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    # Prefix for JetStream stream names and subjects, so several platforms (or test runs) can share one
+    # NATS server without seeing each other's messages. Empty in production.
+    stream_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9_]*$")
+    # Partitions of the READINGS subjects (readings.v1.p00..): per-meter order within a partition.
+    reading_partitions: int = Field(default=8, ge=1, le=256)
+    # How long a stopping service keeps answering NOT_SERVING before it stops accepting calls, so
+    # load balancers and Kubernetes readiness probes move traffic away first.
+    shutdown_readiness_seconds: float = Field(default=1.0, ge=0)
+    # How long in-flight calls may take to finish after a stop begins.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # Largest gRPC message, both directions: a full 10,000-reading batch is about 0.8 MB.
+    grpc_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    db_pool_min_size: int = Field(default=1, ge=0)
+    db_pool_max_size: int = Field(default=8, ge=1)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load_settings(cls: type[S]) -> S:
+    """Reads settings or exits at once with one line per bad or missing variable, naming it."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        lines = []
+        for err in exc.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            info = cls.model_fields.get(field)
+            alias = info.validation_alias if info is not None else None
+            env = alias if isinstance(alias, str) else f"{prefix}{field}".upper()
+            lines.append(f"  {env}: {err['msg']} (got {err.get('input')!r})")
+        print(f"{cls.__name__}: invalid configuration:\n" + "\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None

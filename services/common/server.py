@@ -1,0 +1,211 @@
+"""The bootstrap every metermesh service reuses: a grpc.aio server with health, reflection, tracing and
+logging; connections to NATS and PostgreSQL made (and migrations applied) before health says SERVING;
+and a graceful stop on SIGTERM/SIGINT in the order the design fixes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from services.common import jetstream
+from services.common.config import CommonSettings
+from services.common.db import apply_migrations, create_pool
+from services.common.interceptors import LoggingInterceptor
+from services.common.logging import configure_logging
+from services.common.telemetry import configure_telemetry, shutdown_telemetry
+
+log = structlog.get_logger(__name__)
+
+# Ready hooks run once NATS and PostgreSQL are reachable; they return background tasks (consumer
+# loops) that the runtime cancels after the gRPC server has stopped.
+ReadyHook = Callable[["Runtime"], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    """What a running service holds. Servicers get it and use nc/js/pool once `ready` is set."""
+
+    name: str
+    settings: CommonSettings
+    service_names: Sequence[str]
+    listen_addr: str
+    topology: jetstream.Topology
+    server: grpc.aio.Server = field(init=False)
+    health: health.aio.HealthServicer = field(init=False)
+    nc: NATS | None = None
+    js: JetStreamContext | None = None
+    pool: asyncpg.Pool | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    bound_port: int = 0
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    stop_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        opts = [
+            ("grpc.max_receive_message_length", self.settings.grpc_max_message_bytes),
+            ("grpc.max_send_message_length", self.settings.grpc_max_message_bytes),
+        ]
+        self.server = grpc.aio.server(
+            interceptors=[aio_server_interceptor(), LoggingInterceptor()], options=opts
+        )
+        self.health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+    def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
+        """Runs a background loop; if it dies unexpectedly, the service stops rather than limp on."""
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+
+        def died(t: asyncio.Task[None]) -> None:
+            if t.cancelled() or self.stopping.is_set():
+                return
+            exc = t.exception()
+            log.error("background task ended; stopping the service", task=name, error=repr(exc))
+            self.stopping.set()
+
+        task.add_done_callback(died)
+        self.background.append(task)
+        return task
+
+
+async def _connect_dependencies(rt: Runtime, *, needs_nats: bool, needs_db: bool) -> None:
+    """Retries until both are reachable: a service started before NATS or PostgreSQL waits (and says
+    NOT_SERVING) instead of crashing in a restart loop."""
+    delay = 0.2
+    while needs_db and rt.pool is None:
+        try:
+            pool = await create_pool(
+                rt.settings.database_url,
+                min_size=rt.settings.db_pool_min_size,
+                max_size=rt.settings.db_pool_max_size,
+            )
+            async with pool.acquire() as conn:
+                await apply_migrations(conn)
+            rt.pool = pool
+        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+            log.warning("PostgreSQL not reachable yet", error=repr(exc), retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    delay = 0.2
+    while needs_nats and rt.nc is None:
+        nc: NATS | None = None
+        try:
+
+            async def disconnected() -> None:
+                if not rt.stopping.is_set():
+                    log.warning("NATS disconnected")
+                    await rt.set_serving(False)
+
+            async def reconnected() -> None:
+                log.info("NATS reconnected")
+                if rt.ready.is_set() and not rt.stopping.is_set():
+                    await rt.set_serving(True)
+
+            nc = await jetstream.connect(
+                rt.settings.nats_url,
+                f"metermesh-{rt.name}",
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+            )
+            js = nc.jetstream()
+            await jetstream.provision(js, rt.topology)
+            rt.nc, rt.js = nc, js
+        except Exception as exc:  # nats raises a variety of errors while the server is away
+            log.warning("NATS not reachable yet", error=repr(exc), retry_in=delay)
+            if nc is not None:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def run_service(
+    *,
+    name: str,
+    settings: CommonSettings,
+    listen_addr: str,
+    service_names: Sequence[str],
+    register: Callable[[Runtime], None],
+    on_ready: ReadyHook | None = None,
+    needs_nats: bool = True,
+    needs_db: bool = True,
+    reflection_names: Sequence[str] = (),
+) -> None:
+    """Runs a service until SIGTERM/SIGINT (or a fatal background error), then stops it in order:
+    health NOT_SERVING -> wait the readiness period -> server.stop(grace) -> stop background loops ->
+    drain NATS -> close the PostgreSQL pool -> shut telemetry down."""
+    configure_logging(name, settings.log_level)
+    configure_telemetry(name)
+    topology = jetstream.Topology(prefix=settings.stream_prefix, reading_partitions=settings.reading_partitions)
+    rt = Runtime(
+        name=name, settings=settings, service_names=service_names, listen_addr=listen_addr, topology=topology
+    )
+    register(rt)
+    reflection.enable_server_reflection(
+        (*reflection_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        rt.server,
+    )
+    await rt.set_serving(False)
+    rt.bound_port = rt.server.add_insecure_port(listen_addr)
+    if rt.bound_port == 0:
+        raise SystemExit(f"{name}: cannot listen on {listen_addr} (address in use?)")
+    await rt.server.start()
+    log.info("listening; NOT_SERVING until dependencies are ready", addr=listen_addr)
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, rt.stopping.set)
+
+    async def become_ready() -> None:
+        await _connect_dependencies(rt, needs_nats=needs_nats, needs_db=needs_db)
+        if on_ready is not None:
+            await on_ready(rt)
+        rt.ready.set()
+        await rt.set_serving(True)
+        log.info("SERVING", addr=listen_addr)
+
+    starter = asyncio.create_task(become_ready())
+    stop_wait = asyncio.create_task(rt.stopping.wait())
+    await asyncio.wait({starter, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if starter.done() and starter.exception() is not None:
+        log.error("start-up failed", error=repr(starter.exception()))
+        rt.stopping.set()
+    await rt.stopping.wait()
+    starter.cancel()
+
+    log.info("stopping: NOT_SERVING", readiness_seconds=settings.shutdown_readiness_seconds)
+    await rt.health.enter_graceful_shutdown()
+    await asyncio.sleep(settings.shutdown_readiness_seconds)
+    await rt.server.stop(settings.shutdown_grace_seconds)
+    for hook in rt.stop_hooks:
+        await hook()
+    for task in rt.background:
+        task.cancel()
+    await asyncio.gather(*rt.background, return_exceptions=True)
+    if rt.nc is not None:
+        with contextlib.suppress(Exception):
+            await rt.nc.drain()
+    if rt.pool is not None:
+        await rt.pool.close()
+    shutdown_telemetry()
+    log.info("stopped")

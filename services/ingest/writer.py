@@ -1,0 +1,87 @@
+"""The storage writer: a durable JetStream consumer that writes READINGS into PostgreSQL exactly once
+and acks only after commit. Runs as its own process (`python -m services.ingest.writer`) so it scales
+and fails independently of the ingest API; it serves gRPC health (and nothing else) for probes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import structlog
+from nats.aio.msg import Msg
+
+from services.common import jetstream
+from services.common.config import load_settings
+from services.common.server import Runtime, run_service
+from services.ingest.codec import BadBatch, from_batch
+from services.ingest.columns import ReadingColumns
+from services.ingest.config import WriterSettings
+from services.ingest.store import ReadingStore
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = "metermesh.ingest.v1.StorageWriter"
+
+
+class ReadingWriter:
+    """Decodes a batch of READINGS messages and stores them in one transaction."""
+
+    def __init__(self, store: ReadingStore) -> None:
+        self.store = store
+        self.rows_written = 0
+
+    async def handle(self, msgs: Sequence[Msg]) -> None:
+        parts: list[ReadingColumns] = []
+        poison: dict[int, str] = {}
+        for i, msg in enumerate(msgs):
+            try:
+                parts.append(from_batch(msg.data))
+            except BadBatch as exc:
+                poison[i] = str(exc)
+        if poison:
+            raise jetstream.Poison(poison)
+        result = await self.store.write(ReadingColumns.concat(parts))
+        self.rows_written += result.inserted
+        if result.duplicates:
+            log.info("skipped readings already stored", duplicates=result.duplicates, inserted=result.inserted)
+
+
+async def serve(settings: WriterSettings) -> None:
+    async def on_ready(rt: Runtime) -> None:
+        assert rt.pool is not None and rt.js is not None
+        writer = ReadingWriter(ReadingStore(rt.pool))
+        spec = rt.topology.writer_consumer
+        worker = jetstream.PullWorker(
+            js=rt.js,
+            spec=spec,
+            handler=writer.handle,
+            dead_letter_subject=rt.topology.dead_letter_subject(spec.stream, spec.durable),
+            batch_size=settings.writer_fetch_batch,
+        )
+        task = rt.spawn(worker.run(), "readings-writer")
+
+        async def finish_batch() -> None:
+            # Let the transaction in hand commit and its messages be acked, rather than cancel it.
+            worker.stop()
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(task), timeout=settings.shutdown_grace_seconds)
+
+        rt.stop_hooks.append(finish_batch)
+
+    await run_service(
+        name="writer",
+        settings=settings,
+        listen_addr=settings.writer_addr,
+        service_names=[SERVICE_NAME],
+        register=lambda rt: None,
+        on_ready=on_ready,
+    )
+
+
+def main() -> None:
+    asyncio.run(serve(load_settings(WriterSettings)))
+
+
+if __name__ == "__main__":
+    main()

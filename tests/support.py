@@ -25,7 +25,11 @@ T = TypeVar("T")
 
 
 async def wait_for(
-    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], *, timeout: float = 30.0, what: str = "condition"
+    probe: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    *,
+    timeout: float = 30.0,
+    what: str = "condition",
 ) -> T:
     """Polls probe until done(value) holds; fails with the last value after timeout."""
     deadline = time.monotonic() + timeout
@@ -73,6 +77,8 @@ class Platform:
             "METERMESH_INGEST_ADDR": self.ingest_addr,
             "METERMESH_WRITER_ADDR": self.writer_addr,
             "METERMESH_SHUTDOWN_READINESS_SECONDS": "0.2",
+            # A killed writer's messages come back after this: short, so crash tests finish quickly.
+            "METERMESH_WRITER_ACK_WAIT_SECONDS": "3",
             "METERMESH_LOG_LEVEL": "info",
             **self.extra_env,
         }
@@ -109,7 +115,11 @@ class Platform:
 
     def process(self, name: str, module: str, addr: str, **env: str) -> ServiceProcess:
         proc = ServiceProcess(
-            name, module, addr, {**self.env, **env}, self.log_dir / f"{self.name}-{name}-{len(self.procs)}.log"
+            name,
+            module,
+            addr,
+            {**self.env, **env},
+            self.log_dir / f"{self.name}-{name}-{len(self.procs)}.log",
         )
         self.procs.append(proc)
         return proc

@@ -128,15 +128,47 @@ async def test_bad_readings_are_rejected_with_reasons_and_good_neighbours_stored
     old = NOW - 3651 * 86400
     bad: list[tuple[common_pb2.Reading, str, str]] = [
         (reading("NOPE-9", NOW - 900), "REJECTION_REASON_UNKNOWN_METER", "'NOPE-9' is not registered"),
-        (reading("GOOD-1", NOW - 1800, wh=math.nan), "REJECTION_REASON_NOT_FINITE", "import_energy_wh is nan"),
-        (reading("GOOD-1", NOW - 2700, voltage_v=math.inf), "REJECTION_REASON_NOT_FINITE", "voltage_v is inf"),
-        (reading("GOOD-1", NOW - 3600, wh=-5.0), "REJECTION_REASON_NEGATIVE_ENERGY", "import_energy_wh is -5.0"),
-        (reading("GOOD-1", NOW - 4500, voltage_v=612.0), "REJECTION_REASON_VOLTAGE_OUT_OF_RANGE", "voltage_v is 612.0"),
-        (reading("GOOD-1", NOW - 5400, voltage_v=-1.0), "REJECTION_REASON_VOLTAGE_OUT_OF_RANGE", "voltage_v is -1.0"),
-        (reading("GOOD-1", NOW - 6300, power_factor=1.2), "REJECTION_REASON_POWER_FACTOR_OUT_OF_RANGE", "power_factor is 1.2"),
-        (reading("GOOD-1", int(time.time()) + 3600), "REJECTION_REASON_READ_TIME_IN_FUTURE", "more than 5 minutes ahead"),
+        (
+            reading("GOOD-1", NOW - 1800, wh=math.nan),
+            "REJECTION_REASON_NOT_FINITE",
+            "import_energy_wh is nan",
+        ),
+        (
+            reading("GOOD-1", NOW - 2700, voltage_v=math.inf),
+            "REJECTION_REASON_NOT_FINITE",
+            "voltage_v is inf",
+        ),
+        (
+            reading("GOOD-1", NOW - 3600, wh=-5.0),
+            "REJECTION_REASON_NEGATIVE_ENERGY",
+            "import_energy_wh is -5.0",
+        ),
+        (
+            reading("GOOD-1", NOW - 4500, voltage_v=612.0),
+            "REJECTION_REASON_VOLTAGE_OUT_OF_RANGE",
+            "voltage_v is 612.0",
+        ),
+        (
+            reading("GOOD-1", NOW - 5400, voltage_v=-1.0),
+            "REJECTION_REASON_VOLTAGE_OUT_OF_RANGE",
+            "voltage_v is -1.0",
+        ),
+        (
+            reading("GOOD-1", NOW - 6300, power_factor=1.2),
+            "REJECTION_REASON_POWER_FACTOR_OUT_OF_RANGE",
+            "power_factor is 1.2",
+        ),
+        (
+            reading("GOOD-1", int(time.time()) + 3600),
+            "REJECTION_REASON_READ_TIME_IN_FUTURE",
+            "more than 5 minutes ahead",
+        ),
         (reading("GOOD-1", old), "REJECTION_REASON_READ_TIME_TOO_OLD", "older than the retention window"),
-        (common_pb2.Reading(meter_id="GOOD-1", import_energy_wh=1), "REJECTION_REASON_MISSING_FIELD", "read_time is not set"),
+        (
+            common_pb2.Reading(meter_id="GOOD-1", import_energy_wh=1),
+            "REJECTION_REASON_MISSING_FIELD",
+            "read_time is not set",
+        ),
         (reading("", NOW - 900), "REJECTION_REASON_MISSING_FIELD", "meter_id is empty"),
     ]
     good = [reading("GOOD-2", NOW - 900 * k, wh=float(k)) for k in range(1, len(bad) + 2)]
@@ -167,7 +199,9 @@ async def test_bad_readings_are_rejected_with_reasons_and_good_neighbours_stored
         rows = await conn.fetch("SELECT meter_id, import_energy_wh FROM readings ORDER BY import_energy_wh")
     finally:
         await conn.close()
-    assert [(r["meter_id"], r["import_energy_wh"]) for r in rows] == [("GOOD-2", float(k)) for k in range(1, len(good) + 1)]
+    assert [(r["meter_id"], r["import_energy_wh"]) for r in rows] == [
+        ("GOOD-2", float(k)) for k in range(1, len(good) + 1)
+    ]
 
 
 async def test_request_limits(running: Platform) -> None:

@@ -181,7 +181,9 @@ async def test_poison_messages_go_to_the_dead_letter_stream(platform: Platform) 
     nc = await nats.connect(platform.nats_url)
     try:
         js = nc.jetstream()
-        await js.publish(f"{platform.prefix}readings.v1.p03", b"\x0a\xff\xff not a batch", headers={"Nats-Msg-Id": "p1"})
+        await js.publish(
+            f"{platform.prefix}readings.v1.p03", b"\x0a\xff\xff not a batch", headers={"Nats-Msg-Id": "p1"}
+        )
         await js.publish(
             f"{platform.prefix}readings.v1.p03",
             to_batch(from_readings(good)[0]).SerializeToString(),

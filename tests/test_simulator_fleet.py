@@ -17,7 +17,7 @@ from services.simulator.fleet import (
     FAULT_KINDS,
     TARIFF_BY_CATEGORY,
     Fleet,
-    ReadingColumns,
+    IntervalReadings,
 )
 
 IST = ZoneInfo("Asia/Kolkata")
@@ -83,7 +83,7 @@ def hours(a: np.ndarray, first: int, last: int) -> np.ndarray:
     return by_day_slot(a)[:, first * 4 : last * 4, :]
 
 
-def assert_valid(r: ReadingColumns) -> None:
+def assert_valid(r: IntervalReadings) -> None:
     for c in COLUMNS:
         a = getattr(r, c)
         assert a.dtype == np.float64 and a.shape == (len(r.meter_ids),), c

@@ -26,6 +26,13 @@ class CommonSettings(BaseSettings):
     stream_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9_]*$")
     # Partitions of the READINGS subjects (readings.v1.p00..): per-meter order within a partition.
     reading_partitions: int = Field(default=8, ge=1, le=256)
+    # Size limit of the READINGS stream: when the writer falls this far behind, ingest answers
+    # UNAVAILABLE (retry later) instead of accepting what it could not keep.
+    readings_max_bytes: int = Field(default=4 * 1024**3, ge=1024)
+    # How long the storage writer may hold a READINGS message unacked before JetStream hands it to
+    # another writer: also how long a killed writer's batch waits before it is retried. Long work
+    # extends it with in_progress(), so it only needs to cover one fetch-and-commit.
+    writer_ack_wait_seconds: float = Field(default=30.0, ge=1.0)
     # How long a stopping service keeps answering NOT_SERVING before it stops accepting calls, so
     # load balancers and Kubernetes readiness probes move traffic away first.
     shutdown_readiness_seconds: float = Field(default=1.0, ge=0)

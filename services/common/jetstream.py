@@ -85,6 +85,7 @@ class Topology:
     readings_max_bytes: int = 4 * 1024**3
     dead_letter_max_bytes: int = 512 * 1024**2
     replicas: int = 1
+    writer_ack_wait_seconds: float = 30.0
 
     @property
     def readings_stream(self) -> str:
@@ -102,7 +103,11 @@ class Topology:
 
     @property
     def writer_consumer(self) -> ConsumerSpec:
-        return ConsumerSpec(stream=self.readings_stream, durable="readings-writer", ack_wait_seconds=60.0)
+        return ConsumerSpec(
+            stream=self.readings_stream,
+            durable="readings-writer",
+            ack_wait_seconds=self.writer_ack_wait_seconds,
+        )
 
     def streams(self) -> list[StreamSpec]:
         return [
@@ -229,10 +234,15 @@ class PullWorker:
             while not self._stopping.is_set():
                 try:
                     msgs = await sub.fetch(self.batch_size, timeout=self.fetch_timeout)
-                except nats.errors.TimeoutError:
-                    continue
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue  # nothing to do within fetch_timeout
                 except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
                     break
+                except nats.errors.Error as exc:
+                    # Reconnecting, slow consumer and the like: transient; the server keeps the messages.
+                    log.warning("fetch failed; retrying", error=repr(exc))
+                    await asyncio.sleep(0.5)
+                    continue
                 if msgs:
                     await self._handle(msgs)
         finally:
@@ -273,7 +283,13 @@ class PullWorker:
             return
         finally:
             heartbeat.cancel()
-        await asyncio.gather(*(m.ack() for m in msgs))
+        # An ack lost here (NATS away) only means a redelivery, which the handler's idempotence absorbs.
+        results = await asyncio.gather(*(m.ack() for m in msgs), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        if failed:
+            log.warning(
+                "acks failed; the messages will be redelivered", failed=len(failed), error=repr(failed[0])
+            )
         self.handled += len(msgs)
 
     async def _keep_alive(self, msgs: Sequence[Msg]) -> None:

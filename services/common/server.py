@@ -33,6 +33,15 @@ log = structlog.get_logger(__name__)
 ReadyHook = Callable[["Runtime"], Awaitable[None]]
 
 
+def topology_of(settings: CommonSettings) -> jetstream.Topology:
+    return jetstream.Topology(
+        prefix=settings.stream_prefix,
+        reading_partitions=settings.reading_partitions,
+        readings_max_bytes=settings.readings_max_bytes,
+        writer_ack_wait_seconds=settings.writer_ack_wait_seconds,
+    )
+
+
 @dataclass
 class Runtime:
     """What a running service holds. Servicers get it and use nc/js/pool once `ready` is set."""
@@ -102,7 +111,7 @@ async def _connect_dependencies(rt: Runtime, *, needs_nats: bool, needs_db: bool
             async with pool.acquire() as conn:
                 await apply_migrations(conn)
             rt.pool = pool
-        except (OSError, asyncpg.PostgresError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
             log.warning("PostgreSQL not reachable yet", error=repr(exc), retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -156,13 +165,17 @@ async def run_service(
     drain NATS -> close the PostgreSQL pool -> shut telemetry down."""
     configure_logging(name, settings.log_level)
     configure_telemetry(name)
-    topology = jetstream.Topology(prefix=settings.stream_prefix, reading_partitions=settings.reading_partitions)
+    topology = topology_of(settings)
     rt = Runtime(
         name=name, settings=settings, service_names=service_names, listen_addr=listen_addr, topology=topology
     )
     register(rt)
     reflection.enable_server_reflection(
-        (*reflection_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        (
+            *reflection_names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
         rt.server,
     )
     await rt.set_serving(False)

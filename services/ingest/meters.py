@@ -137,7 +137,9 @@ class MeterCache:
         hit = {m for m in ids if self._known.get(m, 0.0) > now}
         missing = [m for m in ids if m not in hit]
         if missing:
-            rows = await self.pool.fetch("SELECT meter_id FROM meters WHERE meter_id = ANY($1::text[])", missing)
+            rows = await self.pool.fetch(
+                "SELECT meter_id FROM meters WHERE meter_id = ANY($1::text[])", missing
+            )
             for r in rows:
                 self.add(r["meter_id"])
                 hit.add(r["meter_id"])

@@ -1,4 +1,4 @@
-"""Vectorised encoder turning a columnar batch of meter readings into a PostgreSQL binary COPY stream for the `readings` table."""
+"""Vectorised encoder from a columnar batch of meter readings to a binary COPY stream for `readings`."""
 
 from __future__ import annotations
 
@@ -48,10 +48,14 @@ _NULLABLE_FLOAT_FIELDS: Final[tuple[str, ...]] = READINGS_COLUMNS[5:]
 # timestamp (8), interval (4) and the two energies (8 + 8).
 _ROW_FIXED_BYTES: Final[int] = 2 + 10 * 4 + 8 + 4 + 8 + 8
 
+# Rows per block when padding has to be compacted away: ~128 KiB of padded rows, which
+# keeps the block, its keep-mask and the compacted copy in L2 cache.
+_CHUNK_ROWS: Final[int] = 1024
+
 
 @functools.lru_cache(maxsize=64)
 def _row_layout(id_width: int) -> tuple[np.dtype[np.void], npt.NDArray[np.uint8]]:
-    """Packed big-endian record for one row with the id padded to `id_width` and every nullable float present, plus a template row.
+    """Packed big-endian row record (id padded to `id_width`, all nullable floats present), plus a template.
 
     Writing a whole column is then one strided numpy assignment (the cast does the byte
     swap) instead of a per-byte scatter through index arrays. The template carries every
@@ -97,7 +101,7 @@ _KEEP_WORD: Final[np.uint64] = np.uint64(0x0101010101010101)
 
 @functools.lru_cache(maxsize=64)
 def _keep_layout(id_width: int) -> tuple[np.dtype[np.void], npt.NDArray[np.void]]:
-    """Overlay dtype addressing the droppable regions of a padded row in the keep-mask, plus per-length id keep patterns.
+    """Overlay dtype over the droppable regions of a padded row, plus id keep patterns by length.
 
     Writing the mask through 8-byte / id-width fields costs one strided store per row
     per region, instead of broadcasting (n, 8)-shaped boolean blocks (measured ~5x slower).
@@ -128,20 +132,22 @@ def _keep_layout(id_width: int) -> tuple[np.dtype[np.void], npt.NDArray[np.void]
 
 def _keep_mask(
     id_width: int,
+    n_rows: int,
     row_id_lengths: npt.NDArray[np.int64] | None,
     null_masks: dict[str, npt.NDArray[np.bool_]],
-    null_counts: dict[str, int],
 ) -> npt.NDArray[np.bool_]:
-    """Boolean (rows, padded width) mask of the padded bytes that belong on the wire."""
+    """Boolean (rows, padded width) mask of the padded bytes that belong on the wire.
+
+    `row_id_lengths` is None when every id fills the slot; `null_masks` only needs the
+    columns that contain NULLs.
+    """
     overlay, id_patterns = _keep_layout(id_width)
-    n_rows = len(next(iter(null_masks.values())))
     keep = np.ones((n_rows, overlay.itemsize), dtype=np.uint8)
     regions = keep.view(overlay).reshape(n_rows)
     if row_id_lengths is not None:
         regions["meter_id"] = np.take(id_patterns, row_id_lengths)
     for name, is_null in null_masks.items():
-        if null_counts[name]:
-            regions[name] = (~is_null).astype(np.uint64) * _KEEP_WORD
+        regions[name] = (~is_null).astype(np.uint64) * _KEEP_WORD
     return keep.view(np.bool_)
 
 
@@ -155,7 +161,7 @@ def _column(values: npt.ArrayLike, name: str, n_rows: int, kinds: str) -> npt.ND
 
 
 def _meter_id_table(meter_ids: Sequence[str]) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64], int]:
-    """UTF-8 encode the distinct ids once into a fixed-width (NUL padded) bytes array plus their byte lengths."""
+    """UTF-8 encode the distinct ids once: fixed-width (NUL padded) bytes array, byte lengths, width."""
     # map/join keep the per-distinct-id work in C; the batch itself never loops in Python.
     encoded = list(map(str.encode, meter_ids))
     joined = b"".join(encoded)
@@ -193,8 +199,12 @@ def encode_readings_copy(
 
     `meter_ids` is the dictionary of distinct ids and `meter_index[i]` picks row i's id.
     NaN in the five nullable float columns becomes SQL NULL; the energy columns are NOT
-    NULL, so NaN there is rejected. Row order is preserved. Use with
-    ``conn.copy_to_table("readings", source=payload, format="binary", columns=READINGS_COLUMNS)``.
+    NULL, so NaN there is rejected. Row order is preserved.
+
+    Pass the result to asyncpg wrapped in a memoryview:
+    ``conn.copy_to_table("readings", source=memoryview(payload), format="binary", columns=READINGS_COLUMNS)``.
+    asyncpg tries ``os.fspath(source)`` first, which accepts ``bytes``, so a bare bytes
+    payload is opened as a *file name* and fails with "embedded null byte".
     """
     index = np.asarray(meter_index)
     if index.ndim != 1:
@@ -223,7 +233,11 @@ def encode_readings_copy(
         raise IndexError(f"meter_index out of range for {len(meter_ids)} meter ids")
     if int(times.min()) < _MIN_READ_TIME_UNIX_MICROS:
         raise ValueError("read_time_unix_micros before PostgreSQL's earliest timestamptz (4714-11-24 BC)")
-    if intervals.dtype != np.int32 and (int(intervals.min()) < _INT32_MIN or int(intervals.max()) > _INT32_MAX):
+    if times.dtype.kind == "u" and int(times.max()) > np.iinfo(np.int64).max:
+        raise ValueError("read_time_unix_micros outside int64 range")
+    if intervals.dtype != np.int32 and (
+        int(intervals.min()) < _INT32_MIN or int(intervals.max()) > _INT32_MAX
+    ):
         raise ValueError("interval_seconds outside int32 range")
     if np.isnan(imports).any() or np.isnan(exports).any():
         raise ValueError("import_energy_wh/export_energy_wh are NOT NULL and must not contain NaN")
@@ -239,48 +253,71 @@ def encode_readings_copy(
 
     # Exact stream size from per-column sums (the vectorised equivalent of summing
     # per-row sizes), so the output is allocated exactly once.
-    body_size = n_rows * _ROW_FIXED_BYTES + int(row_id_lengths.sum()) + 8 * (5 * n_rows - total_nulls)
+    body_size = (
+        n_rows * _ROW_FIXED_BYTES + int(row_id_lengths.sum()) + 8 * (len(nullable) * n_rows - total_nulls)
+    )
     out = bytearray(len(_HEADER) + body_size + len(_TRAILER))
     out[: len(_HEADER)] = _HEADER
     out[len(_HEADER) + body_size :] = _TRAILER
 
-    # Strategy: lay every row out at a fixed width (id padded to the longest id, every
-    # nullable float given its 8 payload bytes), fill it column by column with strided
-    # writes, then drop the padding bytes with one boolean compaction. That yields the
+    # Strategy: lay rows out at a fixed width (id padded to the longest id, every
+    # nullable float given its 8 payload bytes), fill that column by column with strided
+    # writes, then drop the padding bytes with a boolean compaction. That yields the
     # variable-length wire rows without per-byte int64 index arrays (8x the payload in
-    # memory traffic, measured ~2-3x slower). When nothing needs dropping - uniform id
-    # lengths and no NULLs, the usual case - the padded layout *is* the wire format and
-    # is written straight into the output buffer.
+    # memory traffic; an index-scatter encoder measured 3-10x slower). When nothing needs
+    # dropping - uniform id lengths and no NULLs, the usual case - the padded layout *is*
+    # the wire format and is written straight into the output buffer.
     dtype, template = _row_layout(id_width)
-    needs_compaction = not uniform_ids or total_nulls > 0
-    if needs_compaction:
-        rows = np.empty(n_rows, dtype=dtype)
+    times_pg = times.astype(np.int64, copy=False) - _PG_EPOCH_UNIX_MICROS
+
+    def fill(rows: npt.NDArray[np.void], start: int, stop: int) -> None:
+        np.copyto(rows.view(np.uint8).reshape(stop - start, dtype.itemsize), template)  # all constants
+        if not uniform_ids:
+            rows["meter_id_len"] = row_id_lengths[start:stop]
+        if id_width:
+            # The table is NUL padded to the fixed width; the padding is compacted away.
+            rows["meter_id"] = np.take(id_table, row_index[start:stop])
+        rows["read_time"] = times_pg[start:stop]
+        rows["interval_seconds"] = intervals[start:stop]
+        rows["import_energy_wh"] = imports[start:stop]
+        rows["export_energy_wh"] = exports[start:stop]
+        for name, col in nullable.items():
+            rows[name] = col[start:stop]  # NaN payloads of NULL fields get compacted away
+            if null_counts[name]:
+                length_words = rows[f"{name}_len"]
+                length_words[null_masks[name][start:stop]] = -1  # -1 length is SQL NULL
+
+    if uniform_ids and total_nulls == 0:
+        fill(np.ndarray((n_rows,), dtype=dtype, buffer=out, offset=len(_HEADER)), 0, n_rows)
     else:
-        rows = np.ndarray((n_rows,), dtype=dtype, buffer=out, offset=len(_HEADER))
-    padded = rows.view(np.uint8).reshape(n_rows, dtype.itemsize)
-
-    np.copyto(padded, template)  # every constant field in one broadcast copy
-    if not uniform_ids:
-        rows["meter_id_len"] = row_id_lengths
-    if id_width:
-        # The table is NUL padded to the fixed width; the padding is compacted away.
-        rows["meter_id"] = np.take(id_table, row_index)
-    rows["read_time"] = times.astype(np.int64, copy=False) - _PG_EPOCH_UNIX_MICROS
-    rows["interval_seconds"] = intervals
-    rows["import_energy_wh"] = imports
-    rows["export_energy_wh"] = exports
-    for name, col in nullable.items():
-        rows[name] = col  # NaN payloads of NULL fields are written but compacted away
-        if null_counts[name]:
-            length_words = rows[f"{name}_len"]
-            length_words[null_masks[name]] = -1  # -1 length is SQL NULL
-
-    if needs_compaction:
-        keep = _keep_mask(id_width, None if uniform_ids else row_id_lengths, null_masks, null_counts)
+        # Work through a small reused scratch block rather than padding the whole batch:
+        # the padded rows, keep-mask and compaction temporary stay cache-sized and no
+        # fresh batch-sized buffers get page-faulted in (measured ~2x faster at 10k rows).
+        nulls_per_row = np.zeros(n_rows, dtype=np.int64)
+        for is_null in null_masks.values():
+            nulls_per_row += is_null
+        row_sizes = _ROW_FIXED_BYTES + 8 * len(nullable) + row_id_lengths - 8 * nulls_per_row
+        row_ends = np.cumsum(row_sizes)
+        masks_with_nulls = {name: mask for name, mask in null_masks.items() if null_counts[name]}
         body = np.frombuffer(out, dtype=np.uint8, count=body_size, offset=len(_HEADER))
-        # Boolean indexing is numpy's fastest order-preserving byte compaction here
-        # (~1 ns/byte; np.compress and take-with-indices measured 3-4x slower).
-        body[:] = padded[keep]
+        scratch = np.empty(min(n_rows, _CHUNK_ROWS), dtype=dtype)
+        position = 0
+        for start in range(0, n_rows, _CHUNK_ROWS):
+            stop = min(start + _CHUNK_ROWS, n_rows)
+            rows = scratch[: stop - start]
+            fill(rows, start, stop)
+            keep = _keep_mask(
+                id_width,
+                stop - start,
+                None if uniform_ids else row_id_lengths[start:stop],
+                {name: mask[start:stop] for name, mask in masks_with_nulls.items()},
+            )
+            end = int(row_ends[stop - 1])
+            # Boolean indexing is numpy's fastest order-preserving byte compaction here
+            # (~1 ns/byte; np.compress and take-with-indices measured 3-4x slower).
+            body[position:end] = rows.view(np.uint8).reshape(stop - start, dtype.itemsize)[keep]
+            position = end
 
-    # bytes() costs one memcpy of the stream; callers and asyncpg get an immutable payload.
+    # One memcpy of the stream (~0.1 ms per 10k rows) buys an immutable payload that is
+    # safe to reuse, e.g. for the retry after a unique violation.
     return bytes(out)

@@ -29,7 +29,9 @@ def partition_of(meter_id: str, partitions: int) -> int:
 
 
 class ReadingPublisher:
-    def __init__(self, js: JetStreamContext, topology: jetstream.Topology, max_payload: int, timeout: float) -> None:
+    def __init__(
+        self, js: JetStreamContext, topology: jetstream.Topology, max_payload: int, timeout: float
+    ) -> None:
         self.js = js
         self.topology = topology
         # Leave room for headers and the protocol line.
@@ -78,7 +80,9 @@ class ReadingPublisher:
                     "Metermesh-Accept-Time": accept,
                 }
             )
-            ack = await self.js.publish(subject, payload, timeout=self.timeout, stream=stream, headers=headers)
+            ack = await self.js.publish(
+                subject, payload, timeout=self.timeout, stream=stream, headers=headers
+            )
             return bool(ack.duplicate)
 
         try:
@@ -89,12 +93,18 @@ class ReadingPublisher:
                     f"the {stream} stream is full ({exc.description}); the storage writer is behind: "
                     "retry with backoff"
                 ) from exc
-            raise StreamUnavailable(f"JetStream refused the batch: {exc.description} (code {exc.err_code})") from exc
-        except (asyncio.TimeoutError, nats.errors.TimeoutError, NoStreamResponseError) as exc:
+            raise StreamUnavailable(
+                f"JetStream refused the batch: {exc.description} (code {exc.err_code})"
+            ) from exc
+        except (TimeoutError, nats.errors.TimeoutError, NoStreamResponseError) as exc:
             raise StreamUnavailable(
                 f"JetStream did not confirm storage within {self.timeout:g} s; retry the batch"
             ) from exc
-        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionReconnectingError,
-                nats.errors.ConnectionDrainingError, nats.errors.StaleConnectionError) as exc:
+        except (
+            nats.errors.ConnectionClosedError,
+            nats.errors.ConnectionReconnectingError,
+            nats.errors.ConnectionDrainingError,
+            nats.errors.StaleConnectionError,
+        ) as exc:
             raise StreamUnavailable(f"not connected to NATS ({type(exc).__name__}); retry the batch") from exc
         return sum(results)

@@ -24,9 +24,7 @@ from services.ingest.validation import Reason, Rejection, validate
 log = structlog.get_logger(__name__)
 
 _REASON = {r: getattr(ingest_pb2, f"REJECTION_REASON_{r.name}") for r in Reason}
-_CATEGORY = {
-    name: getattr(common_pb2, f"METER_CATEGORY_{name.upper()}") for name in reg.CATEGORIES
-}
+_CATEGORY = {name: getattr(common_pb2, f"METER_CATEGORY_{name.upper()}") for name in reg.CATEGORIES}
 _CATEGORY_NAME = {v: k for k, v in _CATEGORY.items()}
 
 
@@ -86,7 +84,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
 
     async def _require_ready(self, context: grpc.aio.ServicerContext) -> None:
         if not self.rt.ready.is_set():
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "ingest is starting: waiting for NATS and PostgreSQL")
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "ingest is starting: waiting for NATS and PostgreSQL"
+            )
 
     async def _ingest(
         self, readings: Sequence[common_pb2.Reading], context: grpc.aio.ServicerContext, offset: int = 0
@@ -94,7 +94,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         n = len(readings)
         limit = self.settings.max_batch_readings
         if n == 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "readings is empty; send 1 to 10000 readings")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "readings is empty; send 1 to 10000 readings"
+            )
         if n > limit:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -118,18 +120,22 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         rejections = result.rejections
         if offset:
-            rejections = [
-                Rejection(r.index + offset, r.meter_id, r.reason, r.message) for r in rejections
-            ]
+            rejections = [Rejection(r.index + offset, r.meter_id, r.reason, r.message) for r in rejections]
         if rejections:
-            log.info("readings rejected", accepted=len(result.accepted), rejected=len(rejections),
-                     first=rejections[0].message)
+            log.info(
+                "readings rejected",
+                accepted=len(result.accepted),
+                rejected=len(rejections),
+                first=rejections[0].message,
+            )
         return len(result.accepted), rejections
 
     @staticmethod
     def _rejections(rejections: list[Rejection]) -> list[ingest_pb2.Rejection]:
         return [
-            ingest_pb2.Rejection(index=r.index, meter_id=r.meter_id, reason=_REASON[r.reason], message=r.message)
+            ingest_pb2.Rejection(
+                index=r.index, meter_id=r.meter_id, reason=_REASON[r.reason], message=r.message
+            )
             for r in rejections
         ]
 
@@ -138,7 +144,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
     ) -> ingest_pb2.PushReadingsResponse:
         await self._require_ready(context)
         accepted, rejections = await self._ingest(request.readings, context)
-        return ingest_pb2.PushReadingsResponse(accepted_count=accepted, rejections=self._rejections(rejections))
+        return ingest_pb2.PushReadingsResponse(
+            accepted_count=accepted, rejections=self._rejections(rejections)
+        )
 
     async def StreamReadings(
         self,
@@ -206,7 +214,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         await self._require_ready(context)
         size = request.page_size or 100
         if not 1 <= size <= 1000:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"page_size is {size}; must be within 1-1000")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"page_size is {size}; must be within 1-1000"
+            )
         try:
             after = _untoken(request.page_token, "page_token") if request.page_token else ""
         except ValueError as exc:
@@ -225,7 +235,9 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         assert self.rt.pool is not None
         size = request.page_size or 1000
         if not 1 <= size <= 10_000:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"page_size is {size}; must be within 1-10000")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"page_size is {size}; must be within 1-10000"
+            )
         start = _micros(request.start_time) if request.HasField("start_time") else 0
         end = _micros(request.end_time) if request.HasField("end_time") else time.time_ns() // 1000 + 1
         if end <= start:

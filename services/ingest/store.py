@@ -78,7 +78,9 @@ class ReadingStore:
         )
         async with self.pool.acquire() as conn, conn.transaction():
             try:
-                async with conn.transaction():  # a savepoint: a failed COPY leaves the outer transaction usable
+                async with (
+                    conn.transaction()
+                ):  # a savepoint: a failed COPY leaves the outer transaction usable
                     await conn.copy_to_table(
                         "readings", source=memoryview(payload), format="binary", columns=READINGS_COLUMNS
                     )
@@ -95,7 +97,9 @@ class ReadingStore:
         await conn.execute(
             "CREATE TEMP TABLE IF NOT EXISTS readings_incoming (LIKE readings) ON COMMIT DELETE ROWS"
         )
-        await conn.copy_to_table("readings_incoming", source=memoryview(payload), format="binary", columns=READINGS_COLUMNS)
+        await conn.copy_to_table(
+            "readings_incoming", source=memoryview(payload), format="binary", columns=READINGS_COLUMNS
+        )
         rows = await conn.fetch(
             f"""INSERT INTO readings ({", ".join(READINGS_COLUMNS)})
                 SELECT {", ".join(READINGS_COLUMNS)} FROM readings_incoming

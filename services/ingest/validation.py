@@ -86,11 +86,21 @@ def validate(
         values = getattr(cols, name)
         # NaN in an optional column means "not measured"; infinities are never valid. The two energy
         # columns are never absent, so NaN there came from the client.
-        bad = np.isinf(values) if name not in ("import_energy_wh", "export_energy_wh") else ~np.isfinite(values)
-        reject(bad, Reason.NOT_FINITE, lambda i, name=name, v=values: f"{name} is {float(v[i])!r}; must be finite")
+        bad = (
+            np.isinf(values) if name not in ("import_energy_wh", "export_energy_wh") else ~np.isfinite(values)
+        )
+        reject(
+            bad,
+            Reason.NOT_FINITE,
+            lambda i, name=name, v=values: f"{name} is {float(v[i])!r}; must be finite",
+        )
     for name in ("import_energy_wh", "export_energy_wh"):
         values = getattr(cols, name)
-        reject(values < 0, Reason.NEGATIVE_ENERGY, lambda i, name=name, v=values: f"{name} is {float(v[i])!r}; must be >= 0")
+        reject(
+            values < 0,
+            Reason.NEGATIVE_ENERGY,
+            lambda i, name=name, v=values: f"{name} is {float(v[i])!r}; must be >= 0",
+        )
     v = cols.voltage_v
     with np.errstate(invalid="ignore"):
         reject(
@@ -115,7 +125,9 @@ def validate(
     reject(
         t > latest,
         Reason.READ_TIME_IN_FUTURE,
-        lambda i: f"read_time {_iso(t[i])} is more than 5 minutes ahead of the server clock ({_iso(now_unix_micros)})",
+        lambda i: (
+            f"read_time {_iso(t[i])} is more than 5 minutes ahead of the server clock ({_iso(now_unix_micros)})"
+        ),
     )
     oldest = now_unix_micros - retention_days * 86_400 * 1_000_000
     reject(
@@ -140,7 +152,9 @@ def validate(
         reject(
             dup,
             Reason.DUPLICATE_IN_BATCH,
-            lambda i: f"meter_id {row_ids[i]!r} read_time {_iso(t[i])} repeats reading {first_of[i]} of this batch",
+            lambda i: (
+                f"meter_id {row_ids[i]!r} read_time {_iso(t[i])} repeats reading {first_of[i]} of this batch"
+            ),
         )
 
     accepted_rows = np.flatnonzero(reason < 0)

@@ -44,7 +44,9 @@ class ReadingWriter:
         result = await self.store.write(ReadingColumns.concat(parts))
         self.rows_written += result.inserted
         if result.duplicates:
-            log.info("skipped readings already stored", duplicates=result.duplicates, inserted=result.inserted)
+            log.info(
+                "skipped readings already stored", duplicates=result.duplicates, inserted=result.inserted
+            )
 
 
 async def serve(settings: WriterSettings) -> None:

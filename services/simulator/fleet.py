@@ -171,7 +171,7 @@ class MeterSpec:
 
 
 @dataclass(frozen=True)
-class ReadingColumns:
+class IntervalReadings:
     """All meters' readings for the interval ending at read_time; arrays are in `meter_ids` order."""
 
     meter_ids: list[str]
@@ -321,7 +321,7 @@ class Fleet:
     def meters(self) -> list[MeterSpec]:
         return list(self._specs)
 
-    def readings_at(self, read_time: datetime) -> ReadingColumns:
+    def readings_at(self, read_time: datetime) -> IntervalReadings:
         """Readings of every meter for the interval ending at read_time (any tz-aware instant; the
         load generator normally passes interval boundaries)."""
         if read_time.tzinfo is None or read_time.utcoffset() is None:
@@ -437,7 +437,7 @@ class Fleet:
         export_wh = np.maximum(-net, 0.0) * to_wh + 0.0
 
         faults = [(self._ids[i], FAULT_KINDS[kind[i]]) for i in np.flatnonzero(is_fault).tolist()]
-        return ReadingColumns(
+        return IntervalReadings(
             meter_ids=list(self._ids),
             read_time=end,
             interval_seconds=dt_s,

@@ -26,8 +26,12 @@ test: setup
 
 bench: bench-ingest
 
+# Three shapes of traffic: a head-end catching up (10 intervals per meter per batch), live traffic
+# (one interval of 10,000 meters per batch) and consumption-only meters.
 bench-ingest: setup
-	$(PY) -m bench.ingest --write BENCHMARKS.md
+	$(PY) -m bench.ingest --label catch-up --meters 1000 --write BENCHMARKS.md
+	$(PY) -m bench.ingest --label live --meters 10000 --write BENCHMARKS.md
+	$(PY) -m bench.ingest --label energy-only --meters 1000 --energy-only --write BENCHMARKS.md
 
 protos: setup
 	$(PY) tools/gen_protos.py

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import grpc
@@ -18,6 +17,7 @@ import nats
 from metermesh.common.v1 import common_pb2
 from metermesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
+from services.common.db import with_database
 from services.common.embedded import free_port
 from services.common.procs import ServiceProcess
 
@@ -40,11 +40,6 @@ async def wait_for(
         await asyncio.sleep(0.05)
         value = await probe()
     return value
-
-
-def with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database}"))
 
 
 @dataclass

@@ -6,6 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import structlog
@@ -84,3 +85,8 @@ async def create_pool(url: str, *, min_size: int = 1, max_size: int = 8) -> asyn
     pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, command_timeout=60)
     assert pool is not None
     return pool
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server URL (host, socket, credentials) naming another database."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))

@@ -11,59 +11,44 @@ from metermesh.common.v1 import common_pb2
 
 from services.ingest.columns import FLOAT_COLUMNS, OPTIONAL_COLUMNS, ReadingColumns
 
-# One C-level call per reading pulls every field out of the upb message; a Python loop touching each
-# field costs about twice as much, and this is the hottest loop of ingest.
-_FIELDS = (
-    "meter_id",
-    "read_time.seconds",
-    "read_time.nanos",
-    "interval_seconds",
-    *FLOAT_COLUMNS,
-)
-_get_fields = attrgetter(*_FIELDS)
+
+def _column(readings: Sequence[object], name: str, dtype: type, n: int) -> np.ndarray:
+    # map(attrgetter) inside np.fromiter runs entirely in C: no Python bytecode per reading. This is
+    # the hottest loop of ingest (about 1 µs per reading for all fields, 3x a Python loop's speed).
+    return np.fromiter(map(attrgetter(name), readings), dtype=dtype, count=n)
 
 
 def from_readings(
     readings: Sequence[common_pb2.Reading],
 ) -> tuple[ReadingColumns, np.ndarray, np.ndarray]:
     """Returns the columns plus, per reading, whether meter_id and read_time were given."""
+    # Iterating a protobuf repeated field wraps every element anew; wrap them once for all the passes.
+    readings = list(readings)
     n = len(readings)
-    if n == 0:
-        empty = np.zeros(0, dtype=bool)
-        return columns_from_arrays([], [], [], [], [[] for _ in FLOAT_COLUMNS]), empty, empty
-    rows = list(map(_get_fields, readings))
-    mids, secs, nanos, intervals, *floats = zip(*rows, strict=True)
-    cols = columns_from_arrays(mids, secs, nanos, intervals, floats)
+    mids = list(map(attrgetter("meter_id"), readings))
+    times = list(map(attrgetter("read_time"), readings))
+    secs = _column(times, "seconds", np.int64, n)
+    nanos = _column(times, "nanos", np.int64, n)
+    pos: dict[str, int] = {m: i for i, m in enumerate(dict.fromkeys(mids))}
+    floats = {name: _column(readings, name, np.float64, n) for name in FLOAT_COLUMNS}
     # proto3 `optional` doubles read as 0.0 when unset: only the zeros need a presence check.
     for name in OPTIONAL_COLUMNS:
-        values = getattr(cols, name)
+        values = floats[name]
         for i in np.flatnonzero(values == 0.0).tolist():
             if not readings[i].HasField(name):
                 values[i] = np.nan
-    has_time = (np.asarray(secs, dtype=np.int64) != 0) | (np.asarray(nanos, dtype=np.int64) != 0)
+    cols = ReadingColumns(
+        meter_ids=list(pos),
+        meter_index=np.fromiter(map(pos.__getitem__, mids), dtype=np.uint32, count=n),
+        read_time_unix_micros=secs * 1_000_000 + nanos // 1000,
+        interval_seconds=_column(readings, "interval_seconds", np.int32, n),
+        **floats,
+    )
+    has_time = (secs != 0) | (nanos != 0)
     for i in np.flatnonzero(~has_time).tolist():
         has_time[i] = readings[i].HasField("read_time")
-    has_meter = np.fromiter((bool(m) for m in mids), dtype=bool, count=n)
+    has_meter = np.fromiter(map(bool, mids), dtype=bool, count=n)
     return cols, has_meter, has_time
-
-
-def columns_from_arrays(
-    mids: Sequence[str],
-    secs: Sequence[int],
-    nanos: Sequence[int],
-    intervals: Sequence[int],
-    floats: Sequence[Sequence[float]],
-) -> ReadingColumns:
-    pos: dict[str, int] = {}
-    index = np.fromiter((pos.setdefault(m, len(pos)) for m in mids), dtype=np.uint32, count=len(mids))
-    micros = np.asarray(secs, dtype=np.int64) * 1_000_000 + np.asarray(nanos, dtype=np.int64) // 1000
-    return ReadingColumns(
-        meter_ids=list(pos),
-        meter_index=index,
-        read_time_unix_micros=micros,
-        interval_seconds=np.asarray(intervals, dtype=np.int32),
-        **{name: np.array(vals, dtype=np.float64) for name, vals in zip(FLOAT_COLUMNS, floats, strict=True)},
-    )
 
 
 def to_batch(cols: ReadingColumns) -> common_pb2.ReadingBatch:

@@ -21,4 +21,7 @@ class IngestSettings(CommonSettings):
 class WriterSettings(CommonSettings):
     writer_addr: str = "127.0.0.1:50061"
     # Messages fetched (and written in one transaction) at a time; each carries up to 10,000 readings.
-    writer_fetch_batch: int = Field(default=16, ge=1, le=1000)
+    writer_fetch_batch: int = Field(default=32, ge=1, le=1000)
+    # Fetch loops (each with its own PostgreSQL connection) per writer process: while one waits on
+    # PostgreSQL, another decodes and encodes its next batch.
+    writer_concurrency: int = Field(default=2, ge=1, le=16)

@@ -130,14 +130,35 @@ class ReadingStore:
         if len(cols) == 0:
             return
         r = rollup_hourly(cols)
+        # COPY into a temporary table, then one set-based upsert: about a third cheaper than passing
+        # the same rows as unnest() array parameters.
+        await conn.execute(
+            """CREATE TEMP TABLE IF NOT EXISTS readings_hourly_incoming (
+                   meter_id text COLLATE "C", hr int8, imp float8, exp float8, cnt int8,
+                   vmin float8, vmax float8, amax float8, pmax float8) ON COMMIT DELETE ROWS"""
+        )
+        await conn.copy_records_to_table(
+            "readings_hourly_incoming",
+            records=zip(
+                r.meter_ids,
+                r.hour_unix.tolist(),
+                r.import_energy_wh.tolist(),
+                r.export_energy_wh.tolist(),
+                r.reading_count.tolist(),
+                r.min_voltage_v.tolist(),
+                r.max_voltage_v.tolist(),
+                r.max_current_a.tolist(),
+                r.max_active_power_w.tolist(),
+                strict=True,
+            ),
+        )
         await conn.execute(
             """INSERT INTO readings_hourly AS h (meter_id, hour_start_time, import_energy_wh, export_energy_wh,
                    reading_count, min_voltage_v, max_voltage_v, max_current_a, max_active_power_w)
-               SELECT m, 'epoch'::timestamptz + hr * interval '1 hour', imp, exp, cnt,
-                      NULLIF(vmin, 'NaN'), NULLIF(vmax, 'NaN'), NULLIF(cmax, 'NaN'), NULLIF(pmax, 'NaN')
-               FROM unnest($1::text[], $2::int8[], $3::float8[], $4::float8[], $5::int8[],
-                           $6::float8[], $7::float8[], $8::float8[], $9::float8[])
-                    AS u(m, hr, imp, exp, cnt, vmin, vmax, cmax, pmax)
+               SELECT meter_id, 'epoch'::timestamptz + hr * interval '1 hour', imp, exp, cnt,
+                      NULLIF(vmin, 'NaN'), NULLIF(vmax, 'NaN'), NULLIF(amax, 'NaN'), NULLIF(pmax, 'NaN')
+               FROM readings_hourly_incoming
+               ORDER BY meter_id, hr
                ON CONFLICT (meter_id, hour_start_time) DO UPDATE SET
                    import_energy_wh = h.import_energy_wh + EXCLUDED.import_energy_wh,
                    export_energy_wh = h.export_energy_wh + EXCLUDED.export_energy_wh,
@@ -145,16 +166,7 @@ class ReadingStore:
                    min_voltage_v = LEAST(h.min_voltage_v, EXCLUDED.min_voltage_v),
                    max_voltage_v = GREATEST(h.max_voltage_v, EXCLUDED.max_voltage_v),
                    max_current_a = GREATEST(h.max_current_a, EXCLUDED.max_current_a),
-                   max_active_power_w = GREATEST(h.max_active_power_w, EXCLUDED.max_active_power_w)""",
-            r.meter_ids,
-            r.hour_unix.tolist(),
-            r.import_energy_wh.tolist(),
-            r.export_energy_wh.tolist(),
-            r.reading_count.tolist(),
-            r.min_voltage_v.tolist(),
-            r.max_voltage_v.tolist(),
-            r.max_current_a.tolist(),
-            r.max_active_power_w.tolist(),
+                   max_active_power_w = GREATEST(h.max_active_power_w, EXCLUDED.max_active_power_w)"""
         )
 
     async def _update_last_seen(self, conn: asyncpg.Connection, cols: ReadingColumns) -> None:

@@ -54,22 +54,28 @@ async def serve(settings: WriterSettings) -> None:
         assert rt.pool is not None and rt.js is not None
         writer = ReadingWriter(ReadingStore(rt.pool))
         spec = rt.topology.writer_consumer
-        worker = jetstream.PullWorker(
-            js=rt.js,
-            spec=spec,
-            handler=writer.handle,
-            dead_letter_subject=rt.topology.dead_letter_subject(spec.stream, spec.durable),
-            batch_size=settings.writer_fetch_batch,
-        )
-        task = rt.spawn(worker.run(), "readings-writer")
+        workers = [
+            jetstream.PullWorker(
+                js=rt.js,
+                spec=spec,
+                handler=writer.handle,
+                dead_letter_subject=rt.topology.dead_letter_subject(spec.stream, spec.durable),
+                batch_size=settings.writer_fetch_batch,
+            )
+            for _ in range(settings.writer_concurrency)
+        ]
+        tasks = [rt.spawn(w.run(), f"readings-writer-{i}") for i, w in enumerate(workers)]
 
-        async def finish_batch() -> None:
-            # Let the transaction in hand commit and its messages be acked, rather than cancel it.
-            worker.stop()
+        async def finish_batches() -> None:
+            # Let the transactions in hand commit and their messages be acked, rather than cancel them.
+            for w in workers:
+                w.stop()
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(task), timeout=settings.shutdown_grace_seconds)
+                await asyncio.wait_for(
+                    asyncio.shield(asyncio.gather(*tasks)), timeout=settings.shutdown_grace_seconds
+                )
 
-        rt.stop_hooks.append(finish_batch)
+        rt.stop_hooks.append(finish_batches)
 
     await run_service(
         name="writer",

@@ -12,10 +12,9 @@ PROTOS := $(shell find protos -name '*.proto')
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "metermesh needs Python 3.11 (found %s): set PYTHON=python3.11" % sys.version.split()[0]'
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "metermesh needs Python 3.11 or newer (found %s): set PYTHON=python3.11" % sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip==25.3
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
 run: setup
@@ -42,7 +41,9 @@ protos-check: protos
 		|| (echo "gen/ is stale: run 'make protos' and commit the result" >&2; exit 1)
 
 node_modules/.bin/buf: package.json package-lock.json
-	npm ci --no-audit --no-fund --loglevel=error
+	@# `npm install`, not `npm ci`: the lock holds only the Linux builds of buf (the registry this
+	@# project can reach has no others), which `npm ci` refuses as out of sync.
+	npm install --no-audit --no-fund --loglevel=error
 	@touch $@
 
 lint: setup node_modules/.bin/buf

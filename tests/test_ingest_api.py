@@ -315,3 +315,23 @@ async def test_meter_registry_and_paging(running: Platform) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.GetReadings(ingest_pb2.GetReadingsRequest(meter_id="PG-001", page_token="garbage"))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_trace_context_travels_from_the_grpc_call_into_the_stream(platform: Platform) -> None:
+    await platform.start_ingest()  # no writer: the message stays in the stream for us to read
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with platform.channel() as ch:
+        stub = ingest_pb2_grpc.IngestServiceStub(ch)
+        await register(stub, "TR-1")
+        await stub.PushReadings(
+            ingest_pb2.PushReadingsRequest(readings=[reading("TR-1", NOW - 900)]),
+            metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),),
+        )
+    nc = await nats.connect(platform.nats_url)
+    try:
+        sub = await nc.jetstream().subscribe(f"{platform.prefix}readings.v1.>", ordered_consumer=True)
+        msg = await sub.next_msg(timeout=5)
+    finally:
+        await nc.close()
+    assert msg.headers["traceparent"].split("-")[1] == trace_id
+    assert msg.headers["Nats-Msg-Id"]

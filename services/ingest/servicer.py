@@ -173,10 +173,14 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
         m = request.meter
         category = _CATEGORY_NAME.get(m.category)
         if category is None:
+            given = (
+                common_pb2.MeterCategory.Name(m.category)
+                if m.category in common_pb2.MeterCategory.values()
+                else str(m.category)
+            )
+            allowed = ", ".join(common_pb2.MeterCategory.Name(v) for v in _CATEGORY.values())
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"meter.category is {common_pb2.MeterCategory.Name(m.category) if m.category in common_pb2.MeterCategory.values() else m.category}; "
-                "give one of " + ", ".join(common_pb2.MeterCategory.Name(v) for v in _CATEGORY.values()),
+                grpc.StatusCode.INVALID_ARGUMENT, f"meter.category is {given}; give one of {allowed}"
             )
         rec = MeterRecord(
             meter_id=m.meter_id,

@@ -53,12 +53,17 @@ def load_settings(cls: type[S]) -> S:
         return cls()
     except ValidationError as exc:
         prefix = cls.model_config.get("env_prefix", "")
+        # pydantic reports a field by its alias when it has one (NATS_URL), else by its name.
+        env_of = {}
+        for name, info in cls.model_fields.items():
+            alias = info.validation_alias
+            env = alias if isinstance(alias, str) else f"{prefix}{name}".upper()
+            env_of[name] = env_of[env] = env
         lines = []
         for err in exc.errors():
-            field = str(err["loc"][0]) if err["loc"] else "?"
-            info = cls.model_fields.get(field)
-            alias = info.validation_alias if info is not None else None
-            env = alias if isinstance(alias, str) else f"{prefix}{field}".upper()
-            lines.append(f"  {env}: {err['msg']} (got {err.get('input')!r})")
+            loc = str(err["loc"][0]) if err["loc"] else "?"
+            env = env_of.get(loc, loc)
+            got = "unset" if err["type"] == "missing" else repr(err.get("input"))
+            lines.append(f"  {env}: {err['msg']} (got {got})")
         print(f"{cls.__name__}: invalid configuration:\n" + "\n".join(lines), file=sys.stderr)
         raise SystemExit(2) from None

@@ -46,16 +46,18 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
 async def apply_migrations(conn: asyncpg.Connection, directory: Path = MIGRATIONS_DIR) -> list[int]:
     """Applies the migrations not yet applied, each in its own transaction, in order. Refuses to start
     when an applied migration's file has changed since: schema history must not be rewritten."""
-    await conn.execute(
-        """CREATE TABLE IF NOT EXISTS schema_migrations (
-               version integer PRIMARY KEY,
-               name text NOT NULL,
-               checksum text NOT NULL,
-               applied_time timestamptz NOT NULL DEFAULT now())"""
-    )
     applied_now = []
+    # Taken first: services starting together on a fresh database would otherwise race even on
+    # CREATE TABLE IF NOT EXISTS (its catalog insert is not idempotent under concurrency).
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                   version integer PRIMARY KEY,
+                   name text NOT NULL,
+                   checksum text NOT NULL,
+                   applied_time timestamptz NOT NULL DEFAULT now())"""
+        )
         rows = await conn.fetch("SELECT version, checksum FROM schema_migrations")
         done = {r["version"]: r["checksum"] for r in rows}
         for mig in load_migrations(directory):

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -82,6 +83,12 @@ jetstream {{
             time.sleep(0.05)
         raise RuntimeError(f"nats-server did not listen on {self.port} within {timeout:g} s")
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash test wants: no flush, no goodbye to clients."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -131,6 +138,55 @@ class EmbeddedPostgres:
             await conn.execute("SELECT pg_reload_conf()")
         finally:
             await conn.close()
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster, as a crash test wants; its backends exit when they notice."""
+        import psutil
+
+        assert self._server is not None
+        pid = self._server.get_pid()
+        if not pid:
+            return
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the signal is delivered asynchronously
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    return
+            except psutil.NoSuchProcess:
+                return
+            time.sleep(0.01)
+
+    def restart(self, timeout: float = 60.0) -> None:
+        """Starts the server again after kill(); PostgreSQL runs crash recovery from its WAL. Retried
+        while the killed server's backends still hold its shared memory."""
+        assert self._server is not None
+        self._clear_dead_lock_file()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self._server._lock:
+                    self._server.ensure_postgres_running()
+                return
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def _clear_dead_lock_file(self) -> None:
+        """A killed postmaster whose parent (pg_ctl) is gone can linger as a zombie when PID 1 does not
+        reap orphans (some containers). A zombie still "exists" for kill(pid, 0), so PostgreSQL would
+        refuse to start beside its postmaster.pid; a zombie holds no resources, so the file can go."""
+        import psutil
+
+        # postmaster.pid and the socket's lock file both name the postmaster's PID.
+        for lock in [self.data_dir / "postmaster.pid", *self.data_dir.glob(".s.PGSQL.*.lock")]:
+            try:
+                pid = int(lock.read_text().split()[0])
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    lock.unlink()
+            except (OSError, ValueError, IndexError, psutil.NoSuchProcess):
+                pass
 
     def stop(self) -> None:
         if self._server is not None:

@@ -1,16 +1,22 @@
-"""gRPC server interceptor that logs every call with its method, status, duration and trace id."""
+"""gRPC server interceptor: logs every call with its method, status, duration and trace id, and turns
+a dependency that is away (PostgreSQL restarting, NATS reconnecting) into UNAVAILABLE, the status
+clients retry, instead of UNKNOWN."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
 import structlog
 
+from services.common.errors import is_transient
+
 log = structlog.get_logger("metermesh.grpc")
+
+QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
 
 def _status_of(context: grpc.aio.ServicerContext) -> str:
@@ -20,10 +26,45 @@ def _status_of(context: grpc.aio.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else str(code)
 
 
+class _Call:
+    def __init__(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        self.method = method
+        self.context = context
+        self.start = time.perf_counter()
+
+    async def failed(self, error: BaseException) -> None:
+        """Logs the failure; re-raises it, or aborts with UNAVAILABLE when it is transient."""
+        if isinstance(error, grpc.aio.AbortError):
+            self.log(None)
+            raise error
+        if isinstance(error, asyncio.CancelledError):
+            self.log(None, status="CANCELLED")
+            raise error
+        if is_transient(error):
+            self.log(None, status="UNAVAILABLE", cause=repr(error))
+            await self.context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"a dependency is unavailable ({type(error).__name__}); retry"
+            )
+        self.log(error)
+        raise error
+
+    def log(self, error: BaseException | None, status: str | None = None, **extra: Any) -> None:
+        fields: dict[str, Any] = {
+            "method": self.method,
+            "status": status or ("UNKNOWN" if error else _status_of(self.context)),
+            "duration_ms": round((time.perf_counter() - self.start) * 1000, 2),
+            **extra,
+        }
+        if error is not None:
+            log.error("rpc failed", error=repr(error), exc_info=error, **fields)
+        elif fields["status"] in ("OK", "CANCELLED", "NOT_FOUND", "INVALID_ARGUMENT", "ALREADY_EXISTS"):
+            log.info("rpc", **fields)
+        else:
+            log.warning("rpc", details=self.context.details(), **fields)
+
+
 class LoggingInterceptor(grpc.aio.ServerInterceptor):
     """Health checks and reflection are not logged: probes would drown everything else."""
-
-    QUIET_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 
     async def intercept_service(
         self,
@@ -32,91 +73,42 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(details)
         method = details.method
-        if handler is None or method.startswith(self.QUIET_PREFIXES):
+        if handler is None or method.startswith(QUIET_PREFIXES):
             return handler
 
-        def done(context: grpc.aio.ServicerContext, start: float, error: BaseException | None) -> None:
-            status = _status_of(context) if error is None else "UNKNOWN"
-            if isinstance(error, grpc.aio.AbortError):
-                status = _status_of(context)
-                error = None
-            elif isinstance(error, asyncio.CancelledError):
-                status = "CANCELLED"
-                error = None
-            fields: dict[str, Any] = {
-                "method": method,
-                "status": status,
-                "duration_ms": round((time.perf_counter() - start) * 1000, 2),
-            }
-            if error is not None:
-                log.error("rpc failed", error=repr(error), exc_info=error, **fields)
-            elif status in ("OK", "NOT_FOUND", "INVALID_ARGUMENT", "ALREADY_EXISTS"):
-                log.info("rpc", **fields)
-            else:
-                log.warning("rpc", details=context.details(), **fields)
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
 
-        if handler.unary_unary:
-            inner_uu = handler.unary_unary
-
-            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                start = time.perf_counter()
+            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                call = _Call(method, context)
                 try:
-                    resp = await inner_uu(request, context)
+                    resp = await inner(request, context)
                 except BaseException as exc:
-                    done(context, start, exc)
-                    raise
-                done(context, start, None)
+                    await call.failed(exc)
+                call.log(None)
                 return resp
 
-            return grpc.unary_unary_rpc_method_handler(
-                unary_unary, handler.request_deserializer, handler.response_serializer
+            make = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary
+                else grpc.stream_unary_rpc_method_handler
             )
-        if handler.stream_unary:
-            inner_su = handler.stream_unary
+            return make(unary_response, handler.request_deserializer, handler.response_serializer)
 
-            async def stream_unary(request_iter: Any, context: grpc.aio.ServicerContext) -> Any:
-                start = time.perf_counter()
-                try:
-                    resp = await inner_su(request_iter, context)
-                except BaseException as exc:
-                    done(context, start, exc)
-                    raise
-                done(context, start, None)
-                return resp
+        inner_stream = handler.unary_stream or handler.stream_stream
 
-            return grpc.stream_unary_rpc_method_handler(
-                stream_unary, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream:
-            inner_us = handler.unary_stream
+        async def streaming_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            call = _Call(method, context)
+            try:
+                async for item in inner_stream(request, context):
+                    yield item
+            except BaseException as exc:
+                await call.failed(exc)
+            call.log(None)
 
-            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                start = time.perf_counter()
-                try:
-                    async for item in inner_us(request, context):
-                        yield item
-                except BaseException as exc:
-                    done(context, start, exc)
-                    raise
-                done(context, start, None)
-
-            return grpc.unary_stream_rpc_method_handler(
-                unary_stream, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_stream:
-            inner_ss = handler.stream_stream
-
-            async def stream_stream(request_iter: Any, context: grpc.aio.ServicerContext) -> Any:
-                start = time.perf_counter()
-                try:
-                    async for item in inner_ss(request_iter, context):
-                        yield item
-                except BaseException as exc:
-                    done(context, start, exc)
-                    raise
-                done(context, start, None)
-
-            return grpc.stream_stream_rpc_method_handler(
-                stream_stream, handler.request_deserializer, handler.response_serializer
-            )
-        return handler
+        make_stream = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return make_stream(streaming_response, handler.request_deserializer, handler.response_serializer)

@@ -18,6 +18,8 @@ from nats.js import api as jsapi
 from nats.js.errors import APIError, NotFoundError
 from opentelemetry import propagate, trace
 
+from services.common.errors import is_transient
+
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("metermesh.jetstream")
 
@@ -253,15 +255,33 @@ class PullWorker:
         """Finishes the batch in hand, then returns from run()."""
         self._stopping.set()
 
+    async def _call_handler(self, msgs: Sequence[Msg]) -> None:
+        """Runs the handler, waiting out transient failures (PostgreSQL restarting, NATS reconnecting)
+        while in_progress() holds the messages: a nak would spend one of max_deliver deliveries, and
+        an outage longer than max_deliver retries must not dead-letter good data."""
+        delay = self.nak_base_delay
+        while True:
+            try:
+                with tracer.start_as_current_span(
+                    f"consume {self.spec.stream}",
+                    links=[trace.Link(_span_context(m)) for m in msgs if _span_context(m).is_valid],
+                    attributes={"messaging.batch.message_count": len(msgs)},
+                ):
+                    await self.handler(msgs)
+                return
+            except Exception as exc:
+                if not is_transient(exc) or self._stopping.is_set():
+                    raise
+                log.warning(
+                    "dependency unavailable; holding the batch and retrying", error=repr(exc), retry_in=delay
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
     async def _handle(self, msgs: Sequence[Msg]) -> None:
         heartbeat = asyncio.create_task(self._keep_alive(msgs))
         try:
-            with tracer.start_as_current_span(
-                f"consume {self.spec.stream}",
-                links=[trace.Link(_span_context(m)) for m in msgs if _span_context(m).is_valid],
-                attributes={"messaging.batch.message_count": len(msgs)},
-            ):
-                await self.handler(msgs)
+            await self._call_handler(msgs)
         except Poison as poison:
             heartbeat.cancel()
             for i in sorted(poison.reasons):

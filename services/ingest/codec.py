@@ -4,7 +4,7 @@ in, the columnar ReadingBatch that travels on the READINGS stream in and out."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from operator import attrgetter
+from operator import attrgetter, methodcaller
 
 import numpy as np
 from metermesh.common.v1 import common_pb2
@@ -27,16 +27,21 @@ def from_readings(
     n = len(readings)
     mids = list(map(attrgetter("meter_id"), readings))
     times = list(map(attrgetter("read_time"), readings))
-    secs = _column(times, "seconds", np.int64, n)
+    # Clipped so that a read_time beyond any real date cannot overflow into range when scaled to µs;
+    # validation then rejects it as too far in the future or past.
+    secs = np.clip(_column(times, "seconds", np.int64, n), -(2**62) // 1_000_000, 2**62 // 1_000_000)
     nanos = _column(times, "nanos", np.int64, n)
     pos: dict[str, int] = {m: i for i, m in enumerate(dict.fromkeys(mids))}
     floats = {name: _column(readings, name, np.float64, n) for name in FLOAT_COLUMNS}
-    # proto3 `optional` doubles read as 0.0 when unset: only the zeros need a presence check.
+    # proto3 `optional` doubles read as 0.0 when unset: only the zeros need a presence check, done
+    # in C as well (consumption-only meters leave every optional field unset).
     for name in OPTIONAL_COLUMNS:
         values = floats[name]
-        for i in np.flatnonzero(values == 0.0).tolist():
-            if not readings[i].HasField(name):
-                values[i] = np.nan
+        zeros = np.flatnonzero(values == 0.0)
+        if len(zeros):
+            subset = [readings[i] for i in zeros.tolist()]
+            present = np.fromiter(map(methodcaller("HasField", name), subset), dtype=bool, count=len(subset))
+            values[zeros[~present]] = np.nan
     cols = ReadingColumns(
         meter_ids=list(pos),
         meter_index=np.fromiter(map(pos.__getitem__, mids), dtype=np.uint32, count=n),

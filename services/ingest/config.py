@@ -25,3 +25,5 @@ class WriterSettings(CommonSettings):
     # Fetch loops (each with its own PostgreSQL connection) per writer process: while one waits on
     # PostgreSQL, another decodes and encodes its next batch.
     writer_concurrency: int = Field(default=2, ge=1, le=16)
+    # How often meters' last read_time / last-seen time are written (coalesced across batches).
+    writer_last_seen_flush_seconds: float = Field(default=1.0, gt=0, le=60)

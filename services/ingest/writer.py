@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 
 from services.common import jetstream
 from services.common.config import load_settings
+from services.common.errors import is_transient
 from services.common.server import Runtime, run_service
 from services.ingest.codec import BadBatch, from_batch
 from services.ingest.columns import ReadingColumns
@@ -52,7 +53,8 @@ class ReadingWriter:
 async def serve(settings: WriterSettings) -> None:
     async def on_ready(rt: Runtime) -> None:
         assert rt.pool is not None and rt.js is not None
-        writer = ReadingWriter(ReadingStore(rt.pool))
+        store = ReadingStore(rt.pool)
+        writer = ReadingWriter(store)
         spec = rt.topology.writer_consumer
         workers = [
             jetstream.PullWorker(
@@ -66,6 +68,18 @@ async def serve(settings: WriterSettings) -> None:
         ]
         tasks = [rt.spawn(w.run(), f"readings-writer-{i}") for i, w in enumerate(workers)]
 
+        async def flush_periodically() -> None:
+            while True:
+                await asyncio.sleep(settings.writer_last_seen_flush_seconds)
+                try:
+                    await store.flush_last_seen()
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    log.warning("last-seen flush failed; will retry", error=repr(exc))
+
+        rt.spawn(flush_periodically(), "last-seen-flush")
+
         async def finish_batches() -> None:
             # Let the transactions in hand commit and their messages be acked, rather than cancel them.
             for w in workers:
@@ -74,6 +88,8 @@ async def serve(settings: WriterSettings) -> None:
                 await asyncio.wait_for(
                     asyncio.shield(asyncio.gather(*tasks)), timeout=settings.shutdown_grace_seconds
                 )
+            with contextlib.suppress(Exception):
+                await store.flush_last_seen()
 
         rt.stop_hooks.append(finish_batches)
 

@@ -343,3 +343,30 @@ async def test_trace_context_travels_from_the_grpc_call_into_the_stream(platform
         await nc.close()
     assert msg.headers["traceparent"].split("-")[1] == trace_id
     assert msg.headers["Nats-Msg-Id"]
+
+
+async def test_a_traced_client_call_continues_its_trace_into_the_stream(platform: Platform) -> None:
+    """services.common.clients instruments outgoing calls: the trace started by a caller reaches the
+    READINGS message, so one reading can be followed from its sender onwards."""
+    from opentelemetry import trace
+
+    from services.common import clients
+    from services.common.telemetry import configure_telemetry
+
+    configure_telemetry("test-client")
+    await platform.start_ingest()
+    with trace.get_tracer("test").start_as_current_span("head-end upload") as span:
+        trace_id = format(span.get_span_context().trace_id, "032x")
+        async with clients.channel(platform.ingest_addr) as ch:
+            stub = ingest_pb2_grpc.IngestServiceStub(ch)
+            await register(stub, "TR-2")
+            await stub.PushReadings(
+                ingest_pb2.PushReadingsRequest(readings=[reading("TR-2", NOW - 900)]), timeout=10
+            )
+    nc = await nats.connect(platform.nats_url)
+    try:
+        sub = await nc.jetstream().subscribe(f"{platform.prefix}readings.v1.>", ordered_consumer=True)
+        msg = await sub.next_msg(timeout=5)
+    finally:
+        await nc.close()
+    assert msg.headers["traceparent"].split("-")[1] == trace_id

@@ -256,7 +256,7 @@ def refused() -> dict[str, Exit]:
     out = {}
     try:
         for what, proc in procs.items():
-            _, err = proc.communicate(timeout=60)
+            _, err = proc.communicate(timeout=20)
             out[what] = Exit(proc.returncode, err, time.monotonic() - started)
     finally:
         for proc in procs.values():

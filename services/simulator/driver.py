@@ -12,6 +12,7 @@ import structlog
 from metermesh.common.v1 import common_pb2
 from metermesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
+from services.common import clients
 from services.simulator.fleet import Fleet, IntervalReadings
 
 log = structlog.get_logger(__name__)
@@ -113,7 +114,7 @@ async def run_simulator(
     resumes from the fleet's oldest last_read_time to avoid even that."""
     fleet = Fleet(meters, seed=seed, interval_seconds=interval_seconds)
     step = interval_seconds
-    async with grpc.aio.insecure_channel(ingest_addr) as ch:
+    async with clients.channel(ingest_addr) as ch:
         stub = ingest_pb2_grpc.IngestServiceStub(ch)
         await register_fleet(stub, fleet)
         now = int(time.time())

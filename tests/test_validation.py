@@ -354,12 +354,27 @@ def test_read_time_at_the_epoch_counts_as_given_and_is_judged_by_age() -> None:
     assert verdicts(result) == {0: Reason.READ_TIME_TOO_OLD}
 
 
-def test_a_read_time_far_beyond_the_timestamp_range_is_rejected_not_wrapped_into_range() -> None:
+NOW_S = micros(NOW) // 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("seconds", "reason"),
+    [
+        (NOW_S + 2**58, Reason.READ_TIME_IN_FUTURE),  # times 10**6 wraps to exactly now in int64
+        (NOW_S - 2**58, Reason.READ_TIME_TOO_OLD),
+        (2**63 - 1, Reason.READ_TIME_IN_FUTURE),
+        (-(2**63), Reason.READ_TIME_TOO_OLD),
+    ],
+    ids=["now+2^58 s", "now-2^58 s", "int64 max", "int64 min"],
+)
+def test_a_read_time_far_beyond_the_timestamp_range_is_rejected_not_wrapped_into_range(
+    seconds: int, reason: Reason
+) -> None:
     r = reading()
-    r.read_time.seconds = micros(NOW) // 1_000_000 + 2**58
+    r.read_time.seconds = seconds
     r = common_pb2.Reading.FromString(r.SerializeToString())  # as it arrives over gRPC
-    result = check([r])
-    assert verdicts(result) == {0: Reason.READ_TIME_IN_FUTURE}
+    result = check([r, reading("M-2", NOW)])
+    assert verdicts(result) == {0: reason}
 
 
 def test_accepted_columns_are_exactly_the_valid_rows_in_order_with_their_values() -> None:
@@ -455,7 +470,12 @@ def readings(draw: st.DrawFn) -> common_pb2.Reading:
         if v is not None:
             setattr(r, c, v)
     if draw(st.integers(0, 9)):  # mostly set
-        t = draw(st.sampled_from(SPECIAL_TIMES) | st.integers(NOW_US - 40 * DAY_US, NOW_US + DAY_US))
+        t = draw(
+            st.sampled_from(SPECIAL_TIMES)
+            | st.integers(NOW_US - 40 * DAY_US, NOW_US + DAY_US)
+            # Any int64 seconds, far beyond the dates a Timestamp may hold.
+            | st.integers(-(2**63), 2**63 - 1).map(lambda s: s * 1_000_000)
+        )
         set_read_time(r, t)
     return r
 

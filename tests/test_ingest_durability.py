@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2
 from metermesh.common.v1 import common_pb2
 from metermesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
+from services.common.db import with_database
 from services.common.embedded import EmbeddedNats, free_port
 from services.common.procs import health_status
 from services.ingest.codec import from_readings, to_batch
@@ -202,3 +203,16 @@ async def test_poison_messages_go_to_the_dead_letter_stream(platform: Platform) 
     finally:
         await nc.close()
     await assert_stored_exactly_once(platform, [good])
+
+
+async def test_an_error_that_waiting_cannot_fix_stops_the_service_with_a_failure(platform: Platform) -> None:
+    """A rejected login is not an outage: the service says why and exits non-zero at once, rather
+    than sitting NOT_SERVING forever."""
+    bad_url = with_database(platform.admin_db_url, platform.name).replace("postgres@", "no_such_role@", 1)
+    bad_url = bad_url.replace("postgres:@", "no_such_role:@", 1)
+    proc = platform.process("ingest", "services.ingest", platform.ingest_addr, DATABASE_URL=bad_url)
+    proc.start()
+    assert proc.proc is not None
+    assert await asyncio.to_thread(proc.proc.wait, 30) == 1
+    assert proc.log_path is not None
+    assert "start-up failed" in proc.log_path.read_text() and "no_such_role" in proc.log_path.read_text()

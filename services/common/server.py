@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import asyncpg
 import grpc
+import nats.errors
+import nats.js.errors
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
@@ -22,6 +24,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from services.common import jetstream
 from services.common.config import CommonSettings
 from services.common.db import apply_migrations, create_pool
+from services.common.errors import is_transient
 from services.common.interceptors import LoggingInterceptor
 from services.common.logging import configure_logging
 from services.common.telemetry import configure_telemetry, shutdown_telemetry
@@ -60,6 +63,7 @@ class Runtime:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     bound_port: int = 0
     background: list[asyncio.Task[None]] = field(default_factory=list)
+    failed: bool = False  # start-up or a background loop failed: exit non-zero
     stop_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -89,7 +93,8 @@ class Runtime:
             if t.cancelled() or self.stopping.is_set():
                 return
             exc = t.exception()
-            log.error("background task ended; stopping the service", task=name, error=repr(exc))
+            log.error("background task ended; stopping the service", task=name, error=repr(exc), exc_info=exc)
+            self.failed = True
             self.stopping.set()
 
         task.add_done_callback(died)
@@ -97,11 +102,25 @@ class Runtime:
         return task
 
 
+def _retryable_db_error(exc: BaseException) -> bool:
+    # A server that is down or starting, or a database not created yet: wait for it. A bad
+    # password, a broken migration or a missing permission will not fix itself: fail fast.
+    return is_transient(exc) or isinstance(exc, (OSError, asyncpg.InvalidCatalogNameError))
+
+
+def _retryable_nats_error(exc: BaseException) -> bool:
+    if isinstance(exc, nats.js.errors.APIError):
+        return exc.code == 503  # JetStream not ready yet (starting, electing a leader)
+    return is_transient(exc) or isinstance(exc, (OSError, nats.errors.Error))
+
+
 async def _connect_dependencies(rt: Runtime, *, needs_nats: bool, needs_db: bool) -> None:
-    """Retries until both are reachable: a service started before NATS or PostgreSQL waits (and says
-    NOT_SERVING) instead of crashing in a restart loop."""
+    """Retries while a dependency is unreachable: a service started before NATS or PostgreSQL waits
+    (and says NOT_SERVING) instead of crashing in a restart loop. Errors that waiting cannot fix
+    (a rejected password, a failing migration, a conflicting stream) end the start-up."""
     delay = 0.2
     while needs_db and rt.pool is None:
+        pool: asyncpg.Pool | None = None
         try:
             pool = await create_pool(
                 rt.settings.database_url,
@@ -111,7 +130,11 @@ async def _connect_dependencies(rt: Runtime, *, needs_nats: bool, needs_db: bool
             async with pool.acquire() as conn:
                 await apply_migrations(conn)
             rt.pool = pool
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        except Exception as exc:
+            if pool is not None:
+                pool.terminate()
+            if not _retryable_db_error(exc):
+                raise
             log.warning("PostgreSQL not reachable yet", error=repr(exc), retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -139,11 +162,13 @@ async def _connect_dependencies(rt: Runtime, *, needs_nats: bool, needs_db: bool
             js = nc.jetstream()
             await jetstream.provision(js, rt.topology)
             rt.nc, rt.js = nc, js
-        except Exception as exc:  # nats raises a variety of errors while the server is away
-            log.warning("NATS not reachable yet", error=repr(exc), retry_in=delay)
+        except Exception as exc:
             if nc is not None:
                 with contextlib.suppress(Exception):
                     await nc.close()
+            if not _retryable_nats_error(exc):
+                raise
+            log.warning("NATS not reachable yet", error=repr(exc), retry_in=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -200,8 +225,10 @@ async def run_service(
     starter = asyncio.create_task(become_ready())
     stop_wait = asyncio.create_task(rt.stopping.wait())
     await asyncio.wait({starter, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-    if starter.done() and starter.exception() is not None:
-        log.error("start-up failed", error=repr(starter.exception()))
+    if starter.done() and not starter.cancelled() and starter.exception() is not None:
+        exc = starter.exception()
+        log.error("start-up failed", error=repr(exc), exc_info=exc)
+        rt.failed = True
         rt.stopping.set()
     await rt.stopping.wait()
     starter.cancel()
@@ -221,4 +248,6 @@ async def run_service(
     if rt.pool is not None:
         await rt.pool.close()
     shutdown_telemetry()
-    log.info("stopped")
+    log.info("stopped", failed=rt.failed)
+    if rt.failed:
+        raise SystemExit(1)

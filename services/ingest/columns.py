@@ -44,15 +44,13 @@ class ReadingColumns:
 
     def take(self, rows: np.ndarray) -> ReadingColumns:
         """The readings at `rows` (indices or a boolean mask), with the dictionary pruned to the meters
-        they use, in meter_id order."""
+        they use, kept in dictionary order (so a sorted dictionary stays sorted)."""
         idx = self.meter_index[rows]
         used = np.unique(idx)
-        ids = [self.meter_ids[i] for i in used]
-        order = np.argsort(np.asarray(ids, dtype=object)) if ids else np.zeros(0, dtype=np.int64)
         remap = np.zeros(len(self.meter_ids), dtype=np.uint32)
-        remap[used[order]] = np.arange(len(used), dtype=np.uint32)
+        remap[used] = np.arange(len(used), dtype=np.uint32)
         return ReadingColumns(
-            meter_ids=[ids[i] for i in order],
+            meter_ids=[self.meter_ids[i] for i in used.tolist()],
             meter_index=remap[idx],
             read_time_unix_micros=self.read_time_unix_micros[rows],
             interval_seconds=self.interval_seconds[rows],

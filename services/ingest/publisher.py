@@ -37,18 +37,11 @@ class ReadingPublisher:
         # Leave room for headers and the protocol line.
         self.max_payload = max(max_payload - 4096, 64 * 1024)
         self.timeout = timeout
-        self._partition: dict[str, int] = {}
 
     def _partitions(self, meter_ids: list[str]) -> np.ndarray:
-        p = self.topology.reading_partitions
-        cache = self._partition
-        out = np.empty(len(meter_ids), dtype=np.int32)
-        for i, m in enumerate(meter_ids):
-            part = cache.get(m)
-            if part is None:
-                part = cache[m] = partition_of(m, p)
-            out[i] = part
-        return out
+        # map() over C functions: no Python bytecode per meter (a batch may name 10,000 of them).
+        crc = np.fromiter(map(zlib.crc32, map(str.encode, meter_ids)), dtype=np.uint32, count=len(meter_ids))
+        return (crc % self.topology.reading_partitions).astype(np.int32)
 
     def messages(self, cols: ReadingColumns) -> list[tuple[str, bytes]]:
         """(subject, payload) per partition present, chunked below the server's max_payload."""

@@ -181,11 +181,17 @@ async def publish(
     msg_id: str,
     stream: str | None = None,
     timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
 ) -> jsapi.PubAck:
-    """Publishes and waits until JetStream has stored the message. msg_id makes a re-send within the
-    stream's duplicate window a no-op (the ack then says duplicate=True)."""
+    """Publishes with the current trace context and waits until JetStream has stored the message.
+    msg_id makes a re-send within the stream's duplicate window a no-op (the ack then says
+    duplicate=True); `stream` makes JetStream refuse a subject that another stream has taken."""
     return await js.publish(
-        subject, payload, timeout=timeout, stream=stream, headers=trace_headers({MSG_ID: msg_id})
+        subject,
+        payload,
+        timeout=timeout,
+        stream=stream,
+        headers=trace_headers({**(headers or {}), MSG_ID: msg_id}),
     )
 
 

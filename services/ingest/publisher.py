@@ -67,14 +67,14 @@ class ReadingPublisher:
         stream = self.topology.readings_stream
 
         async def one(subject: str, payload: bytes) -> bool:
-            headers = jetstream.trace_headers(
-                {
-                    jetstream.MSG_ID: hashlib.blake2b(payload, digest_size=16).hexdigest(),
-                    "Metermesh-Accept-Time": accept,
-                }
-            )
-            ack = await self.js.publish(
-                subject, payload, timeout=self.timeout, stream=stream, headers=headers
+            ack = await jetstream.publish(
+                self.js,
+                subject,
+                payload,
+                msg_id=hashlib.blake2b(payload, digest_size=16).hexdigest(),
+                stream=stream,
+                timeout=self.timeout,
+                headers={"Metermesh-Accept-Time": accept},
             )
             return bool(ack.duplicate)
 

@@ -30,21 +30,10 @@ from metermesh.ingest.v1 import ingest_pb2
 from services.common.db import apply_migrations
 from services.common.embedded import env_or_embedded, free_port
 from services.common.procs import ServiceProcess
+from services.ingest.pgcopy import READINGS_COLUMNS
 from services.ingest.store import ReadingStore, month_starts
 
 BATCH = 10_000
-COLUMNS = (
-    "meter_id",
-    "read_time",
-    "interval_seconds",
-    "import_energy_wh",
-    "export_energy_wh",
-    "voltage_v",
-    "current_a",
-    "active_power_w",
-    "power_factor",
-    "frequency_hz",
-)
 
 
 def make_batches(meters: int, batches: int, start: int, energy_only: bool = False) -> list[bytes]:
@@ -113,7 +102,7 @@ async def raw_copy(db_url: str, batches: list[list[tuple]]) -> float:
         t0 = time.perf_counter()
         for rows in batches:
             async with conn.transaction():
-                await conn.copy_records_to_table("readings", records=rows, columns=COLUMNS)
+                await conn.copy_records_to_table("readings", records=rows, columns=READINGS_COLUMNS)
         return sum(map(len, batches)) / (time.perf_counter() - t0)
     finally:
         await conn.close()

@@ -325,6 +325,15 @@ async def test_meter_registry_and_paging(running: Platform) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+async def first_stream_message(platform: Platform) -> nats.aio.msg.Msg:
+    nc = await nats.connect(platform.nats_url)
+    try:
+        sub = await nc.jetstream().subscribe(f"{platform.prefix}readings.v1.>", ordered_consumer=True)
+        return await sub.next_msg(timeout=5)
+    finally:
+        await nc.close()
+
+
 async def test_trace_context_travels_from_the_grpc_call_into_the_stream(platform: Platform) -> None:
     await platform.start_ingest()  # no writer: the message stays in the stream for us to read
     trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -335,12 +344,7 @@ async def test_trace_context_travels_from_the_grpc_call_into_the_stream(platform
             ingest_pb2.PushReadingsRequest(readings=[reading("TR-1", NOW - 900)]),
             metadata=(("traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"),),
         )
-    nc = await nats.connect(platform.nats_url)
-    try:
-        sub = await nc.jetstream().subscribe(f"{platform.prefix}readings.v1.>", ordered_consumer=True)
-        msg = await sub.next_msg(timeout=5)
-    finally:
-        await nc.close()
+    msg = await first_stream_message(platform)
     assert msg.headers["traceparent"].split("-")[1] == trace_id
     assert msg.headers["Nats-Msg-Id"]
 
@@ -363,10 +367,5 @@ async def test_a_traced_client_call_continues_its_trace_into_the_stream(platform
             await stub.PushReadings(
                 ingest_pb2.PushReadingsRequest(readings=[reading("TR-2", NOW - 900)]), timeout=10
             )
-    nc = await nats.connect(platform.nats_url)
-    try:
-        sub = await nc.jetstream().subscribe(f"{platform.prefix}readings.v1.>", ordered_consumer=True)
-        msg = await sub.next_msg(timeout=5)
-    finally:
-        await nc.close()
+    msg = await first_stream_message(platform)
     assert msg.headers["traceparent"].split("-")[1] == trace_id

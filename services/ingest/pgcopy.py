@@ -9,20 +9,11 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
+from services.ingest.columns import FLOAT_COLUMNS
+
 __all__ = ["READINGS_COLUMNS", "encode_readings_copy"]
 
-READINGS_COLUMNS: tuple[str, ...] = (
-    "meter_id",
-    "read_time",
-    "interval_seconds",
-    "import_energy_wh",
-    "export_energy_wh",
-    "voltage_v",
-    "current_a",
-    "active_power_w",
-    "power_factor",
-    "frequency_hz",
-)
+READINGS_COLUMNS: tuple[str, ...] = ("meter_id", "read_time", "interval_seconds", *FLOAT_COLUMNS)
 
 # Binary COPY header: signature, int32 flags (0 = no OIDs), int32 header-extension length (0).
 _HEADER: Final[bytes] = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"

@@ -369,3 +369,16 @@ async def test_a_traced_client_call_continues_its_trace_into_the_stream(platform
             )
     msg = await first_stream_message(platform)
     assert msg.headers["traceparent"].split("-")[1] == trace_id
+
+
+async def test_a_request_that_is_not_protobuf_gets_invalid_argument(running: Platform) -> None:
+    async with running.channel() as ch:
+        push = ch.unary_unary(
+            "/metermesh.ingest.v1.IngestService/PushReadings",
+            request_serializer=lambda b: b,
+            response_deserializer=ingest_pb2.PushReadingsResponse.FromString,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await push(b"\x0a\x05\xff\xfe\xfd", timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a valid PushReadingsRequest" in (err.value.details() or "")

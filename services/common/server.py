@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -15,6 +15,8 @@ import grpc
 import nats.errors
 import nats.js.errors
 import structlog
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
@@ -34,6 +36,38 @@ log = structlog.get_logger(__name__)
 # Ready hooks run once NATS and PostgreSQL are reachable; they return background tasks (consumer
 # loops) that the runtime cancels after the gRPC server has stopped.
 ReadyHook = Callable[["Runtime"], Awaitable[None]]
+
+
+_HANDLER_FACTORIES = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+def add_servicer(
+    server: grpc.aio.Server,
+    service: ServiceDescriptor,
+    servicer: object,
+    *,
+    raw_request_methods: Collection[str] = (),
+) -> None:
+    """Registers a servicer from its service descriptor, as the generated add_*_to_server would,
+    except that the methods named in raw_request_methods receive the request bytes undecoded (for
+    a servicer with a faster decoder of its own)."""
+    handlers = {}
+    for method in service.methods:
+        request_cls = message_factory.GetMessageClass(method.input_type)
+        response_cls = message_factory.GetMessageClass(method.output_type)
+        factory = _HANDLER_FACTORIES[(method.client_streaming, method.server_streaming)]
+        handlers[method.name] = factory(
+            getattr(servicer, method.name),
+            request_deserializer=None if method.name in raw_request_methods else request_cls.FromString,
+            response_serializer=response_cls.SerializeToString,
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))
+    server.add_registered_method_handlers(service.full_name, handlers)
 
 
 def topology_of(settings: CommonSettings) -> jetstream.Topology:

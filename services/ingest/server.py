@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 
-from metermesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
+from metermesh.ingest.v1 import ingest_pb2
 
 from services.common.config import load_settings
-from services.common.server import Runtime, run_service
+from services.common.server import Runtime, add_servicer, run_service
 from services.ingest.config import IngestSettings
 from services.ingest.servicer import IngestServicer
 
-SERVICE_NAME = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"].full_name
+SERVICE = ingest_pb2.DESCRIPTOR.services_by_name["IngestService"]
+SERVICE_NAME = SERVICE.full_name
 
 
 async def serve(settings: IngestSettings) -> None:
@@ -20,7 +21,8 @@ async def serve(settings: IngestSettings) -> None:
     def register(rt: Runtime) -> None:
         nonlocal servicer
         servicer = IngestServicer(rt, settings)
-        ingest_pb2_grpc.add_IngestServiceServicer_to_server(servicer, rt.server)
+        # Readings arrive as bytes: the servicer decodes them column-wise (services.ingest.wire).
+        add_servicer(rt.server, SERVICE, servicer, raw_request_methods={"PushReadings", "StreamReadings"})
 
     async def on_ready(rt: Runtime) -> None:
         assert servicer is not None

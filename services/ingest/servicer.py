@@ -5,16 +5,18 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from metermesh.common.v1 import common_pb2
 from metermesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 from services.common.server import Runtime
 from services.ingest import meters as reg
+from services.ingest import wire
 from services.ingest.codec import from_readings
 from services.ingest.config import IngestSettings
 from services.ingest.meters import InvalidMeter, MeterCache, MeterRecord
@@ -89,9 +91,21 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             )
 
     async def _ingest(
-        self, readings: Sequence[common_pb2.Reading], context: grpc.aio.ServicerContext, offset: int = 0
-    ) -> tuple[int, list[Rejection]]:
-        n = len(readings)
+        self, data: bytes, context: grpc.aio.ServicerContext, offset: int = 0
+    ) -> tuple[int, int, list[Rejection]]:
+        """Validates and publishes one batch given as the bytes of a PushReadingsRequest (or the
+        identical StreamReadingsRequest). Returns (readings in the batch, accepted, rejections)."""
+        decoded = wire.decode_readings(data)
+        if decoded is None:  # not the plain encoding the fast decoder takes: protobuf decides
+            try:
+                request = ingest_pb2.PushReadingsRequest.FromString(data)
+            except DecodeError as exc:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid PushReadingsRequest: {exc}"
+                )
+            decoded = from_readings(request.readings)
+        cols, has_meter, has_time = decoded
+        n = len(cols)
         limit = self.settings.max_batch_readings
         if n == 0:
             await context.abort(
@@ -103,7 +117,6 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 f"readings has {n} readings; the limit is {limit} per batch: split it",
             )
         assert self.cache is not None and self.publisher is not None
-        cols, has_meter, has_time = from_readings(readings)
         known = await self.cache.known(cols.meter_ids)
         result = validate(
             cols,
@@ -128,7 +141,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 rejected=len(rejections),
                 first=rejections[0].message,
             )
-        return len(result.accepted), rejections
+        return n, len(result.accepted), rejections
 
     @staticmethod
     def _rejections(rejections: list[Rejection]) -> list[ingest_pb2.Rejection]:
@@ -139,28 +152,28 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
             for r in rejections
         ]
 
-    async def PushReadings(
-        self, request: ingest_pb2.PushReadingsRequest, context: grpc.aio.ServicerContext
+    async def PushReadings(  # type: ignore[override]  # registered with raw request bytes
+        self, request: bytes, context: grpc.aio.ServicerContext
     ) -> ingest_pb2.PushReadingsResponse:
         await self._require_ready(context)
-        accepted, rejections = await self._ingest(request.readings, context)
+        _, accepted, rejections = await self._ingest(request, context)
         return ingest_pb2.PushReadingsResponse(
             accepted_count=accepted, rejections=self._rejections(rejections)
         )
 
-    async def StreamReadings(
+    async def StreamReadings(  # type: ignore[override]  # registered with raw request bytes
         self,
-        request_iterator: AsyncIterator[ingest_pb2.StreamReadingsRequest],
+        request_iterator: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
     ) -> ingest_pb2.StreamReadingsResponse:
         await self._require_ready(context)
         batches = accepted = offset = 0
         rejections: list[Rejection] = []
         async for request in request_iterator:
-            a, rej = await self._ingest(request.readings, context, offset)
+            n, a, rej = await self._ingest(request, context, offset)
             batches += 1
             accepted += a
-            offset += len(request.readings)
+            offset += n
             rejections.extend(rej)
         return ingest_pb2.StreamReadingsResponse(
             batch_count=batches, accepted_count=accepted, rejections=self._rejections(rejections)

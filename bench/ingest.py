@@ -316,9 +316,10 @@ async def main() -> None:
     )
     print(summary)
     if args.write:
-        shape = (
-            f"{BATCH // args.meters} consecutive 15-minute intervals of {args.meters} meters per batch"
-            + (", energy only" if args.energy_only else ", every field set")
+        per = BATCH // args.meters
+        intervals = "one 15-minute interval" if per == 1 else f"{per} consecutive 15-minute intervals"
+        shape = f"{intervals} of {args.meters:,} meters per batch" + (
+            ", energy only" if args.energy_only else ", every field set"
         )
         begin, end = f"<!-- {args.label}:start -->", f"<!-- {args.label}:end -->\n"
         section = (
@@ -332,8 +333,8 @@ async def main() -> None:
             f"PostgreSQL {'external' if os.environ.get('DATABASE_URL') else 'embedded'}; "
             f"{args.batches * BATCH:,} readings per round, medians of "
             f"{args.rounds} rounds. Both contenders write the same rows into the same empty `readings` table "
-            "(primary key on meter and time, monthly partitions); the pipeline also keeps the hourly rollup and "
-            "last-seen times in the same transactions.\n\n"
+            "(primary key on meter and time, monthly partitions); the pipeline also keeps the hourly rollup in "
+            "the same transactions and the meters' last-seen times.\n\n"
             "| measure | median |\n|---|---|\n" + summary + end
         )
         text = args.write.read_text() if args.write.exists() else "# Benchmarks\n\n"

@@ -105,7 +105,11 @@ async def up(
     sim_task: asyncio.Task[None] | None = None
     code = 0
     try:
-        await _prepare(nats_url, db_url)
+        try:
+            await _prepare(nats_url, db_url)
+        except Exception as exc:
+            console.print(f"[red]cannot prepare NATS ({nats_url}) and PostgreSQL ({db_url}):[/] {exc!r}")
+            return 1
         env = {"NATS_URL": nats_url, "DATABASE_URL": db_url}
         for svc in SERVICES:
             p = ServiceProcess(

@@ -233,7 +233,6 @@ class PullWorker:
     fetch_timeout: float = 1.0
     nak_base_delay: float = 1.0
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
-    handled: int = 0
 
     async def run(self) -> None:
         sub = await self.js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream)
@@ -316,7 +315,6 @@ class PullWorker:
             log.warning(
                 "acks failed; the messages will be redelivered", failed=len(failed), error=repr(failed[0])
             )
-        self.handled += len(msgs)
 
     async def _keep_alive(self, msgs: Sequence[Msg]) -> None:
         period = max(self.spec.ack_wait_seconds / 3, 0.5)

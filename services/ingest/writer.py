@@ -30,7 +30,6 @@ class ReadingWriter:
 
     def __init__(self, store: ReadingStore) -> None:
         self.store = store
-        self.rows_written = 0
 
     async def handle(self, msgs: Sequence[Msg]) -> None:
         parts: list[ReadingColumns] = []
@@ -42,12 +41,7 @@ class ReadingWriter:
                 poison[i] = str(exc)
         if poison:
             raise jetstream.Poison(poison)
-        result = await self.store.write(ReadingColumns.concat(parts))
-        self.rows_written += result.inserted
-        if result.duplicates:
-            log.info(
-                "skipped readings already stored", duplicates=result.duplicates, inserted=result.inserted
-            )
+        await self.store.write(ReadingColumns.concat(parts))
 
 
 async def serve(settings: WriterSettings) -> None:

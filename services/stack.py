@@ -60,6 +60,10 @@ SERVICES: list[ServiceDef] = [
 ]
 
 
+def _service(name: str) -> ServiceDef:
+    return next(s for s in SERVICES if s.name == name)
+
+
 async def _prepare(nats_url: str, db_url: str) -> None:
     """Migrations and streams before any service starts, so a broken schema fails here, loudly."""
     conn = await asyncpg.connect(db_url)
@@ -134,7 +138,7 @@ async def up(
         console.print(f"  logs      {logs}/")
         console.print(
             "  dashboard: not built yet (the gRPC-web gateway arrives with issue 6); meanwhile "
-            f"grpcurl -plaintext {SERVICES[1].addr} list",
+            f"grpcurl -plaintext {_service('ingest').addr} list",
             soft_wrap=True,
         )
         if simulate:
@@ -142,7 +146,7 @@ async def up(
 
             sim_task = asyncio.create_task(
                 run_simulator(
-                    SERVICES[1].addr,
+                    _service("ingest").addr,
                     meters=sim_meters,
                     interval_seconds=sim_interval_seconds,
                     backfill_hours=sim_backfill_hours,

@@ -50,8 +50,23 @@ class EmbeddedNats:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    def _stop_orphan(self) -> None:
+        """A supervisor killed with SIGKILL leaves its nats-server running (own session) and holding
+        the JetStream directory; stop it gracefully (it flushes) before starting anew."""
+        import psutil
+
+        pid_file = self.data_dir / "nats-server.pid"
+        try:
+            proc = psutil.Process(int(pid_file.read_text()))
+            if proc.name() == "nats-server" and str(self.data_dir) in " ".join(proc.cmdline()):
+                proc.terminate()
+                proc.wait(10)
+        except (OSError, ValueError, psutil.Error):
+            pass
+
     def start(self, timeout: float = 20.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._stop_orphan()
         conf = self.data_dir / "nats.conf"
         conf.write_text(
             f"""listen: 127.0.0.1:{self.port}
@@ -69,6 +84,7 @@ jetstream {{
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+        (self.data_dir / "nats-server.pid").write_text(str(self.proc.pid))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

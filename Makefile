@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup run test bench bench-ingest protos protos-check lint clean
+.PHONY: setup run test bench bench-ingest bench-anomaly bench-billing eval-anomaly protos protos-check lint clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,7 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
-bench: bench-ingest
+bench: bench-ingest bench-anomaly bench-billing
 
 # Three shapes of traffic: a head-end catching up (10 intervals per meter per batch), live traffic
 # (one interval of 10,000 meters per batch) and consumption-only meters.
@@ -31,6 +31,19 @@ bench-ingest: setup
 	$(PY) -m bench.ingest --label catch-up --meters 1000 --write BENCHMARKS.md
 	$(PY) -m bench.ingest --label live --meters 10000 --write BENCHMARKS.md
 	$(PY) -m bench.ingest --label energy-only --meters 1000 --energy-only --write BENCHMARKS.md
+
+# Scoring throughput of the whole detector stack, and ingest-ack-to-WatchAlerts latency under load.
+bench-anomaly: setup
+	$(PY) -m bench.anomaly --write BENCHMARKS.md
+
+# A billing cycle over 100,000 meters with a month of hourly rollups.
+bench-billing: setup
+	$(PY) -m bench.billing --write BENCHMARKS.md
+
+# Offline evaluation of the detectors on the shared real data (../shared/data): LEAD1.0 labelled
+# buildings and faults injected into the UCI household series.
+eval-anomaly: setup
+	$(PY) -m bench.eval_anomaly --write BENCHMARKS.md
 
 protos: setup
 	$(PY) tools/gen_protos.py

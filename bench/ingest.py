@@ -13,7 +13,6 @@ import argparse
 import asyncio
 import datetime as dt
 import os
-import platform as pyplatform
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ import numpy as np
 import psutil
 from metermesh.ingest.v1 import ingest_pb2
 
+from bench.report import machine, write_section
 from services.common.db import apply_migrations
 from services.common.embedded import env_or_embedded, free_port
 from services.common.procs import ServiceProcess
@@ -180,19 +180,6 @@ def cpu_used(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, f
     return used
 
 
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, {pyplatform.system()} {pyplatform.release()}, Python {pyplatform.python_version()}"
-
-
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--meters", type=int, default=1000)
@@ -321,9 +308,7 @@ async def main() -> None:
         shape = f"{intervals} of {args.meters:,} meters per batch" + (
             ", energy only" if args.energy_only else ", every field set"
         )
-        begin, end = f"<!-- {args.label}:start -->", f"<!-- {args.label}:end -->\n"
-        section = (
-            f"{begin}\n"
+        body = (
             f"### {args.label}: {shape}\n\n"
             f"Command: `python -m bench.ingest --label {args.label} --meters {args.meters} --batches {args.batches} "
             f"--rounds {args.rounds} --concurrency {args.concurrency}{' --energy-only' if args.energy_only else ''}` "
@@ -335,15 +320,9 @@ async def main() -> None:
             f"{args.rounds} rounds. Both contenders write the same rows into the same empty `readings` table "
             "(primary key on meter and time, monthly partitions); the pipeline also keeps the hourly rollup in "
             "the same transactions and the meters' last-seen times.\n\n"
-            "| measure | median |\n|---|---|\n" + summary + end
+            "| measure | median |\n|---|---|\n" + summary
         )
-        text = args.write.read_text() if args.write.exists() else "# Benchmarks\n\n"
-        if begin in text:
-            head, rest = text.split(begin, 1)
-            text = head + section + rest.split(end, 1)[1]
-        else:
-            text += "\n" + section
-        args.write.write_text(text)
+        write_section(args.write, args.label, body)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,9 @@ class Platform:
     procs: list[ServiceProcess] = field(default_factory=list)
     ingest_addr: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
     writer_addr: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
+    anomaly_addr: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
+    alerts_addr: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
+    billing_addr: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
 
     @property
     def db_url(self) -> str:
@@ -71,9 +74,14 @@ class Platform:
             "METERMESH_STREAM_PREFIX": self.prefix,
             "METERMESH_INGEST_ADDR": self.ingest_addr,
             "METERMESH_WRITER_ADDR": self.writer_addr,
+            "METERMESH_ANOMALY_ADDR": self.anomaly_addr,
+            "METERMESH_ALERTS_ADDR": self.alerts_addr,
+            "METERMESH_BILLING_ADDR": self.billing_addr,
             "METERMESH_SHUTDOWN_READINESS_SECONDS": "0.2",
             # A killed writer's messages come back after this: short, so crash tests finish quickly.
             "METERMESH_WRITER_ACK_WAIT_SECONDS": "3",
+            "METERMESH_ANOMALY_ACK_WAIT_SECONDS": "3",
+            "METERMESH_ALERTS_ACK_WAIT_SECONDS": "3",
             "METERMESH_LOG_LEVEL": "info",
             **self.extra_env,
         }
@@ -92,7 +100,7 @@ class Platform:
         nc = await nats.connect(self.nats_url)
         try:
             js = nc.jetstream()
-            for s in ("READINGS", "DEADLETTER"):
+            for s in ("READINGS", "ANOMALIES", "DEADLETTER"):
                 try:
                     await js.delete_stream(self.prefix + s)
                 except nats.js.errors.NotFoundError:
@@ -130,6 +138,27 @@ class Platform:
         p.start()
         await p.wait_serving(60)
         return p
+
+    async def start_anomaly(self, **env: str) -> ServiceProcess:
+        p = self.process("anomaly", "services.anomaly", self.anomaly_addr, **env)
+        p.start()
+        await p.wait_serving(90)
+        return p
+
+    async def start_alerts(self, **env: str) -> ServiceProcess:
+        p = self.process("alerts", "services.alerts", self.alerts_addr, **env)
+        p.start()
+        await p.wait_serving(60)
+        return p
+
+    async def start_billing(self, **env: str) -> ServiceProcess:
+        p = self.process("billing", "services.billing", self.billing_addr, **env)
+        p.start()
+        await p.wait_serving(60)
+        return p
+
+    def channel_to(self, addr: str) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(addr, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
 
     def channel(self) -> grpc.aio.Channel:
         return grpc.aio.insecure_channel(

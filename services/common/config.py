@@ -33,6 +33,9 @@ class CommonSettings(BaseSettings):
     # another writer: also how long a killed writer's batch waits before it is retried. Long work
     # extends it with in_progress(), so it only needs to cover one fetch-and-commit.
     writer_ack_wait_seconds: float = Field(default=30.0, ge=1.0)
+    # The same for the streaming anomaly detector (READINGS) and the alert service (ANOMALIES).
+    anomaly_ack_wait_seconds: float = Field(default=30.0, ge=1.0)
+    alerts_ack_wait_seconds: float = Field(default=30.0, ge=1.0)
     # How long a stopping service keeps answering NOT_SERVING before it stops accepting calls, so
     # load balancers and Kubernetes readiness probes move traffic away first.
     shutdown_readiness_seconds: float = Field(default=1.0, ge=0)

@@ -88,6 +88,9 @@ class Topology:
     dead_letter_max_bytes: int = 512 * 1024**2
     replicas: int = 1
     writer_ack_wait_seconds: float = 30.0
+    anomaly_ack_wait_seconds: float = 30.0
+    alerts_ack_wait_seconds: float = 30.0
+    anomalies_max_bytes: int = 1024**3
 
     @property
     def readings_stream(self) -> str:
@@ -96,6 +99,14 @@ class Topology:
     @property
     def dead_letter_stream(self) -> str:
         return f"{self.prefix}DEADLETTER"
+
+    @property
+    def anomalies_stream(self) -> str:
+        return f"{self.prefix}ANOMALIES"
+
+    def anomalies_subject(self, kind: str) -> str:
+        """kind: the anomaly kind in lower case, e.g. "voltage_surge"."""
+        return f"{self.prefix}anomalies.v1.{kind}"
 
     def readings_subject(self, partition: int) -> str:
         return f"{self.prefix}readings.v1.p{partition:02d}"
@@ -111,12 +122,38 @@ class Topology:
             ack_wait_seconds=self.writer_ack_wait_seconds,
         )
 
+    @property
+    def anomaly_consumer(self) -> ConsumerSpec:
+        """The streaming detector's cursor on READINGS (every reading is scored once)."""
+        return ConsumerSpec(
+            stream=self.readings_stream,
+            durable="anomaly-detector",
+            ack_wait_seconds=self.anomaly_ack_wait_seconds,
+        )
+
+    @property
+    def alerts_consumer(self) -> ConsumerSpec:
+        """The alert service's cursor on ANOMALIES."""
+        return ConsumerSpec(
+            stream=self.anomalies_stream,
+            durable="alerts",
+            ack_wait_seconds=self.alerts_ack_wait_seconds,
+            max_ack_pending=1024,
+        )
+
     def streams(self) -> list[StreamSpec]:
         return [
             StreamSpec(
                 name=self.readings_stream,
                 subjects=[f"{self.prefix}readings.v1.>"],
                 max_bytes=self.readings_max_bytes,
+                max_age_seconds=7 * 24 * 3600.0,
+                replicas=self.replicas,
+            ),
+            StreamSpec(
+                name=self.anomalies_stream,
+                subjects=[f"{self.prefix}anomalies.v1.>"],
+                max_bytes=self.anomalies_max_bytes,
                 max_age_seconds=7 * 24 * 3600.0,
                 replicas=self.replicas,
             ),
@@ -131,7 +168,7 @@ class Topology:
         ]
 
     def consumers(self) -> list[ConsumerSpec]:
-        return [self.writer_consumer]
+        return [self.writer_consumer, self.anomaly_consumer, self.alerts_consumer]
 
 
 async def connect(url: str, name: str, **callbacks: Any) -> NATS:

@@ -76,6 +76,8 @@ def topology_of(settings: CommonSettings) -> jetstream.Topology:
         reading_partitions=settings.reading_partitions,
         readings_max_bytes=settings.readings_max_bytes,
         writer_ack_wait_seconds=settings.writer_ack_wait_seconds,
+        anomaly_ack_wait_seconds=settings.anomaly_ack_wait_seconds,
+        alerts_ack_wait_seconds=settings.alerts_ack_wait_seconds,
     )
 
 

@@ -51,6 +51,27 @@ SERVICES: list[ServiceDef] = [
         "storage writer: READINGS -> PostgreSQL",
     ),
     ServiceDef(
+        "alerts",
+        "services.alerts",
+        "METERMESH_ALERTS_ADDR",
+        "127.0.0.1:50055",
+        "metermesh.alerts.v1.AlertService",
+    ),
+    ServiceDef(
+        "anomaly",
+        "services.anomaly",
+        "METERMESH_ANOMALY_ADDR",
+        "127.0.0.1:50052",
+        "metermesh.anomaly.v1.AnomalyService",
+    ),
+    ServiceDef(
+        "billing",
+        "services.billing",
+        "METERMESH_BILLING_ADDR",
+        "127.0.0.1:50054",
+        "metermesh.billing.v1.BillingService",
+    ),
+    ServiceDef(
         "ingest",
         "services.ingest",
         "METERMESH_INGEST_ADDR",

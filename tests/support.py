@@ -181,7 +181,12 @@ async def register(stub: ingest_pb2_grpc.IngestServiceStub, *meter_ids: str, **f
         await stub.RegisterMeter(
             ingest_pb2.RegisterMeterRequest(
                 meter=common_pb2.Meter(
-                    meter_id=m, category=common_pb2.METER_CATEGORY_RESIDENTIAL, interval_seconds=900, **fields
+                    **{
+                        "meter_id": m,
+                        "category": common_pb2.METER_CATEGORY_RESIDENTIAL,
+                        "interval_seconds": 900,
+                        **fields,
+                    }
                 )
             )
         )

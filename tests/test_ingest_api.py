@@ -255,7 +255,10 @@ async def test_a_full_stream_answers_unavailable_and_accepts_again_once_drained(
         exc, b = refused
         assert exc.code() == grpc.StatusCode.UNAVAILABLE
         assert "is full" in (exc.details() or "")
+        # READINGS keeps a message until every durable consumer has it: the writer and the anomaly
+        # detector both drain it.
         await platform.start_writer()
+        await platform.start_anomaly()
 
         async def retry() -> bool:
             try:

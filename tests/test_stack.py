@@ -15,11 +15,14 @@ from metermesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
 from services.common.embedded import free_port
 from services.common.procs import health_status
+from services.stack import SERVICES
 from tests.support import wait_for
 
 
 def start_stack(data_dir: Path, ingest_addr: str, writer_addr: str, out: Path) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "DATABASE_URL")}
+    # Every service on a free port, so a platform already running here on the defaults is no obstacle.
+    env |= {svc.addr_env: f"127.0.0.1:{free_port()}" for svc in SERVICES}
     env |= {"METERMESH_INGEST_ADDR": ingest_addr, "METERMESH_WRITER_ADDR": writer_addr}
     return subprocess.Popen(
         [

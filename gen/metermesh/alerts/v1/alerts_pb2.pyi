@@ -60,11 +60,13 @@ class _AlertChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Alert
     ALERT_CHANGE_KIND_UNSPECIFIED: _AlertChangeKind.ValueType  # 0
     """Not used."""
     ALERT_CHANGE_KIND_CREATED: _AlertChangeKind.ValueType  # 1
-    """The alert was opened by a first event."""
+    """The alert was opened by a first event. Events of the same meter and kind consumed together with
+    it (in one batch) are folded into the same change.
+    """
     ALERT_CHANGE_KIND_UPDATED: _AlertChangeKind.ValueType  # 2
-    """Another event was folded in; severity unchanged."""
+    """One or more further events were folded in; severity unchanged."""
     ALERT_CHANGE_KIND_ESCALATED: _AlertChangeKind.ValueType  # 3
-    """Another event was folded in and raised the severity."""
+    """One or more further events were folded in and raised the severity."""
     ALERT_CHANGE_KIND_ACKNOWLEDGED: _AlertChangeKind.ValueType  # 4
     """The alert was acknowledged."""
     ALERT_CHANGE_KIND_RESOLVED: _AlertChangeKind.ValueType  # 5
@@ -76,11 +78,13 @@ class AlertChangeKind(_AlertChangeKind, metaclass=_AlertChangeKindEnumTypeWrappe
 ALERT_CHANGE_KIND_UNSPECIFIED: AlertChangeKind.ValueType  # 0
 """Not used."""
 ALERT_CHANGE_KIND_CREATED: AlertChangeKind.ValueType  # 1
-"""The alert was opened by a first event."""
+"""The alert was opened by a first event. Events of the same meter and kind consumed together with
+it (in one batch) are folded into the same change.
+"""
 ALERT_CHANGE_KIND_UPDATED: AlertChangeKind.ValueType  # 2
-"""Another event was folded in; severity unchanged."""
+"""One or more further events were folded in; severity unchanged."""
 ALERT_CHANGE_KIND_ESCALATED: AlertChangeKind.ValueType  # 3
-"""Another event was folded in and raised the severity."""
+"""One or more further events were folded in and raised the severity."""
 ALERT_CHANGE_KIND_ACKNOWLEDGED: AlertChangeKind.ValueType  # 4
 """The alert was acknowledged."""
 ALERT_CHANGE_KIND_RESOLVED: AlertChangeKind.ValueType  # 5
@@ -355,7 +359,9 @@ class AcknowledgeAlertRequest(_message.Message):
     alert_id: _builtins.str
     """The alert's id."""
     acknowledged_by: _builtins.str
-    """Who acknowledges it (a user id). Through the gateway, the bearer token's subject is used instead."""
+    """Who acknowledges it (a user id, 1-256 characters). Through the gateway, the bearer token's
+    subject is used instead.
+    """
     note: _builtins.str
     """An optional note, up to 1,000 characters."""
     def __init__(
@@ -409,7 +415,9 @@ class ResolveAlertRequest(_message.Message):
     alert_id: _builtins.str
     """The alert's id."""
     resolved_by: _builtins.str
-    """Who resolves it (a user id). Through the gateway, the bearer token's subject is used instead."""
+    """Who resolves it (a user id, 1-256 characters). Through the gateway, the bearer token's subject
+    is used instead.
+    """
     note: _builtins.str
     """An optional note, up to 1,000 characters, e.g. what was done."""
     def __init__(
@@ -462,7 +470,9 @@ class AlertUpdate(_message.Message):
     ALERT_FIELD_NUMBER: _builtins.int
     CHANGE_TIME_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """The change's sequence number: unique and increasing in commit order across all alerts."""
+    """The change's sequence number: unique and increasing in commit order across all alerts (not
+    necessarily consecutive).
+    """
     change_kind: Global___AlertChangeKind.ValueType
     """What changed."""
     @_builtins.property
@@ -499,8 +509,9 @@ class WatchAlertsRequest(_message.Message):
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     after_sequence: _builtins.int
     """The resume point: the sequence of the last change the client has seen (from an update, or from
-    ListAlertsResponse.sequence). Changes after it are replayed, then live changes follow. Unset means
-    only changes committed after the call.
+    ListAlertsResponse.sequence); 0 replays the whole retained history. Changes after it are replayed,
+    then live changes follow. Unset means: the active alerts matching the filter first (a snapshot),
+    then the changes committed after that snapshot. Negative: INVALID_ARGUMENT.
     """
     @_builtins.property
     def filter(self) -> Global___AlertFilter:

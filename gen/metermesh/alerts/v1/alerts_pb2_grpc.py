@@ -102,10 +102,20 @@ class AlertServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchAlerts(self, request, context):
-        """Streams alert changes matching a filter as they are committed, optionally first replaying the
-        changes after a sequence number, so a reconnecting client misses nothing. Runs until the client
-        cancels; OUT_OF_RANGE when the resume point is older than the retained change history (at least
-        7 days), after which the client should list the alerts again and watch from that listing.
+        """Streams alert changes matching a filter, in sequence order, each once, to any number of watchers.
+        With after_sequence set: first the changes after it, replayed from the change history, then live
+        changes as they are committed, with no gap and no duplicate (the switch is made by sequence).
+        Without it: first the current active (open or acknowledged) alerts matching the filter, one
+        AlertUpdate each carrying the sequence and kind of the alert's latest change, in sequence order;
+        then live changes committed after that snapshot.
+        A watcher that reads more slowly than changes arrive never slows alerting down: it falls back to
+        reading the change history at its own pace and returns to live changes once caught up, so it is
+        sent every change, only later. Runs until the client cancels or the server stops; a stopping
+        server ends the stream with UNAVAILABLE, its message giving the after_sequence to resume from
+        (the sequence of the last update sent is always a correct resume point too). OUT_OF_RANGE when
+        the resume point is older than the retained change history (at least 7 days) or ahead of the
+        latest change (e.g. a restored database), after which the client should list the alerts again
+        and watch from that listing's sequence.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

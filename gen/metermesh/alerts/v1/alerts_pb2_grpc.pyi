@@ -50,10 +50,20 @@ class AlertServiceStub:
     ResolveAlert: _grpc.UnaryUnaryMultiCallable[_alerts_pb2.ResolveAlertRequest, _alerts_pb2.ResolveAlertResponse]
     """Resolves an open or acknowledged alert. Idempotent: resolving a resolved alert returns it unchanged."""
     WatchAlerts: _grpc.UnaryStreamMultiCallable[_alerts_pb2.WatchAlertsRequest, _alerts_pb2.WatchAlertsResponse]
-    """Streams alert changes matching a filter as they are committed, optionally first replaying the
-    changes after a sequence number, so a reconnecting client misses nothing. Runs until the client
-    cancels; OUT_OF_RANGE when the resume point is older than the retained change history (at least
-    7 days), after which the client should list the alerts again and watch from that listing.
+    """Streams alert changes matching a filter, in sequence order, each once, to any number of watchers.
+    With after_sequence set: first the changes after it, replayed from the change history, then live
+    changes as they are committed, with no gap and no duplicate (the switch is made by sequence).
+    Without it: first the current active (open or acknowledged) alerts matching the filter, one
+    AlertUpdate each carrying the sequence and kind of the alert's latest change, in sequence order;
+    then live changes committed after that snapshot.
+    A watcher that reads more slowly than changes arrive never slows alerting down: it falls back to
+    reading the change history at its own pace and returns to live changes once caught up, so it is
+    sent every change, only later. Runs until the client cancels or the server stops; a stopping
+    server ends the stream with UNAVAILABLE, its message giving the after_sequence to resume from
+    (the sequence of the last update sent is always a correct resume point too). OUT_OF_RANGE when
+    the resume point is older than the retained change history (at least 7 days) or ahead of the
+    latest change (e.g. a restored database), after which the client should list the alerts again
+    and watch from that listing's sequence.
     """
 
 @_typing.type_check_only
@@ -76,10 +86,20 @@ class AlertServiceAsyncStub(AlertServiceStub):
     ResolveAlert: _aio.UnaryUnaryMultiCallable[_alerts_pb2.ResolveAlertRequest, _alerts_pb2.ResolveAlertResponse]  # type: ignore[assignment]
     """Resolves an open or acknowledged alert. Idempotent: resolving a resolved alert returns it unchanged."""
     WatchAlerts: _aio.UnaryStreamMultiCallable[_alerts_pb2.WatchAlertsRequest, _alerts_pb2.WatchAlertsResponse]  # type: ignore[assignment]
-    """Streams alert changes matching a filter as they are committed, optionally first replaying the
-    changes after a sequence number, so a reconnecting client misses nothing. Runs until the client
-    cancels; OUT_OF_RANGE when the resume point is older than the retained change history (at least
-    7 days), after which the client should list the alerts again and watch from that listing.
+    """Streams alert changes matching a filter, in sequence order, each once, to any number of watchers.
+    With after_sequence set: first the changes after it, replayed from the change history, then live
+    changes as they are committed, with no gap and no duplicate (the switch is made by sequence).
+    Without it: first the current active (open or acknowledged) alerts matching the filter, one
+    AlertUpdate each carrying the sequence and kind of the alert's latest change, in sequence order;
+    then live changes committed after that snapshot.
+    A watcher that reads more slowly than changes arrive never slows alerting down: it falls back to
+    reading the change history at its own pace and returns to live changes once caught up, so it is
+    sent every change, only later. Runs until the client cancels or the server stops; a stopping
+    server ends the stream with UNAVAILABLE, its message giving the after_sequence to resume from
+    (the sequence of the last update sent is always a correct resume point too). OUT_OF_RANGE when
+    the resume point is older than the retained change history (at least 7 days) or ahead of the
+    latest change (e.g. a restored database), after which the client should list the alerts again
+    and watch from that listing's sequence.
     """
 
 class AlertServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -129,10 +149,20 @@ class AlertServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _alerts_pb2.WatchAlertsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_alerts_pb2.WatchAlertsResponse], _abc.AsyncIterator[_alerts_pb2.WatchAlertsResponse]]:
-        """Streams alert changes matching a filter as they are committed, optionally first replaying the
-        changes after a sequence number, so a reconnecting client misses nothing. Runs until the client
-        cancels; OUT_OF_RANGE when the resume point is older than the retained change history (at least
-        7 days), after which the client should list the alerts again and watch from that listing.
+        """Streams alert changes matching a filter, in sequence order, each once, to any number of watchers.
+        With after_sequence set: first the changes after it, replayed from the change history, then live
+        changes as they are committed, with no gap and no duplicate (the switch is made by sequence).
+        Without it: first the current active (open or acknowledged) alerts matching the filter, one
+        AlertUpdate each carrying the sequence and kind of the alert's latest change, in sequence order;
+        then live changes committed after that snapshot.
+        A watcher that reads more slowly than changes arrive never slows alerting down: it falls back to
+        reading the change history at its own pace and returns to live changes once caught up, so it is
+        sent every change, only later. Runs until the client cancels or the server stops; a stopping
+        server ends the stream with UNAVAILABLE, its message giving the after_sequence to resume from
+        (the sequence of the last update sent is always a correct resume point too). OUT_OF_RANGE when
+        the resume point is older than the retained change history (at least 7 days) or ahead of the
+        latest change (e.g. a restored database), after which the client should list the alerts again
+        and watch from that listing's sequence.
         """
 
 def add_AlertServiceServicer_to_server(servicer: AlertServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,5 @@
+"""`python -m services.alerts`: runs the alert gRPC server and its ANOMALIES consumer."""
+
+from services.alerts.server import main
+
+main()

@@ -1,0 +1,3 @@
+from services.anomaly.server import main
+
+main()

@@ -2,12 +2,13 @@
 overcurrent, phantom load, reverse energy, tamper, flat-line, communication gap) evaluated over a whole
 batch of readings with numpy, each event explained with the limit it broke.
 
-Events. Consecutive anomalous readings of one meter and kind become one event: start is the first
-reading of the episode, end the last, and the worst value goes into the features and explanation. An
-episode still open at the end of a batch is remembered in the meter's state, so when the next batch
-continues it the event keeps its start time, and therefore its event_id, and downstream deduplication
-drops the repeat (same for a flat-line, whose start is the first reading of the flat run, and for a
-gap, whose start is the reading before it). NaN (unmeasured) values never trigger a rule.
+Events. The per-reading rules (surge, sag, outage, overcurrent, phantom load, reverse energy, tamper)
+raise one event per anomalous reading, start = end = its read_time, so its event_id is its own and the
+alert service's event count is the number of anomalous readings. The episode of consecutive anomalous
+readings is kept in the meter's state across batches: it drives sustained severities (a sag is MAJOR from
+its 4th reading) and the "N consecutive readings" wording, and a redelivered batch repeats the same ids.
+A flat-line event spans its run (start = first flat reading) and a gap spans the silence (start = the
+reading before it), so an episode found again keeps its id. NaN (unmeasured) values never trigger a rule.
 
 Severities and scores (score 0.5 at the limit, rising monotonically towards 1 with the distance beyond
 it; all limits relative to the meter's nominal voltage and rated current):

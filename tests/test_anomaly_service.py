@@ -229,3 +229,116 @@ async def test_state_survives_a_restart_and_a_sigkill_loses_and_duplicates_nothi
         if e.kind == anomaly_pb2.ANOMALY_KIND_COMMUNICATION_GAP and e.meter_id in meters[:3]
     }
     assert gap == {(m, last, last + 10 * 900) for m in meters[:3]}
+
+
+def history(meters: list[str], days: int, end: int) -> list[common_pb2.Reading]:
+    """15-minute readings with a daily shape (evening peak), distinct per meter, ending at `end`."""
+    out = []
+    start = end - days * 86400
+    for j, m in enumerate(meters):
+        level = 40.0 + 15 * j
+        for k in range(days * 96):
+            t = start + k * 900
+            hour = (t // 3600) % 24
+            wh = (
+                level * (0.6 + (1.2 if 17 <= hour < 22 else 0.0)) * (1 + 0.05 * ((k * 7919 + j) % 11 - 5) / 5)
+            )
+            out.append(reading(m, t, wh=wh, voltage_v=230.0 + (k % 5) - 2))
+    return out
+
+
+async def train(
+    stub: anomaly_pb2_grpc.AnomalyServiceStub, **kw: object
+) -> list[anomaly_pb2.TrainDetectorResponse]:
+    return [r async for r in stub.TrainDetector(anomaly_pb2.TrainDetectorRequest(**kw), timeout=300)]
+
+
+async def test_training_registers_versions_and_only_a_better_one_serves(platform: Platform) -> None:
+    await start(platform, METERMESH_ANOMALY_GAP_SWEEP_SECONDS="3600")
+    meters = [f"T-{i}" for i in range(5)]
+    end = NOW - 86400
+    async with platform.channel() as ch:
+        await register(ingest_pb2_grpc.IngestServiceStub(ch), *meters)
+    rows = history(meters, 21, end)
+    for i in range(0, len(rows), 10_000):
+        await push(platform, rows[i : i + 10_000])
+    await wait_for(platform.count_readings, lambda n: n >= len(rows), timeout=60, what="history stored")
+    window = common_pb2.TimeRange()
+    window.start_time.seconds, window.end_time.seconds = end - 22 * 86400, end + 1
+    async with platform.channel_to(platform.anomaly_addr) as ch:
+        stub = anomaly_pb2_grpc.AnomalyServiceStub(ch)
+        first = await train(
+            stub, detector=anomaly_pb2.DETECTOR_ISOLATION_FOREST, training_range=window, seed=3
+        )
+        progress = [r.progress for r in first[:-1]]
+        assert progress and all(r.HasField("progress") for r in first[:-1]) and first[-1].HasField("result")
+        fractions = [p.fraction_done for p in progress]
+        assert fractions == sorted(fractions) and {p.stage for p in progress} >= {
+            anomaly_pb2.TRAINING_STAGE_LOADING_DATA,
+            anomaly_pb2.TRAINING_STAGE_FITTING,
+        }
+        result = first[-1].result
+        assert result.promoted and result.previous_model_version == ""
+        assert (
+            result.model.model_version == "iforest-1"
+            and result.model.state == anomaly_pb2.MODEL_STATE_SERVING
+        )
+        assert result.model.meter_count == 5 and result.model.metrics.evaluated_count > 0
+        assert 0 <= result.model.metrics.f1 <= 1 and 0 <= result.model.metrics.roc_auc <= 1
+
+        # The same data and seed cannot beat the serving version: registered, not promoted.
+        again = (
+            await train(stub, detector=anomaly_pb2.DETECTOR_ISOLATION_FOREST, training_range=window, seed=3)
+        )[-1]
+        assert not again.result.promoted and again.result.previous_model_version == "iforest-1"
+        assert again.result.model.state == anomaly_pb2.MODEL_STATE_CANDIDATE
+        assert again.result.previous_metrics.f1 == result.model.metrics.f1
+        skipped = (
+            await train(
+                stub,
+                detector=anomaly_pb2.DETECTOR_AUTOENCODER,
+                training_range=window,
+                epochs=3,
+                skip_promotion=True,
+            )
+        )[-1]
+        assert not skipped.result.promoted and skipped.result.promotion_reason == "promotion skipped"
+
+        listed = await stub.ListDetectorModels(anomaly_pb2.ListDetectorModelsRequest(page_size=2))
+        assert [m.model_version for m in listed.models] == [
+            "autoencoder-1",
+            "iforest-2",
+        ] and listed.next_page_token
+        rest = await stub.ListDetectorModels(
+            anomaly_pb2.ListDetectorModelsRequest(page_size=2, page_token=listed.next_page_token)
+        )
+        assert [m.model_version for m in rest.models] == ["iforest-1"] and not rest.next_page_token
+        serving = await stub.ListDetectorModels(
+            anomaly_pb2.ListDetectorModelsRequest(state=anomaly_pb2.MODEL_STATE_SERVING)
+        )
+        assert [m.model_version for m in serving.models] == ["iforest-1"]
+
+        # The serving forest now scores on demand, and says so; the autoencoder is only a candidate.
+        resp = await stub.DetectAnomalies(
+            anomaly_pb2.DetectAnomaliesRequest(
+                stored_readings=anomaly_pb2.StoredReadings(meter_id="T-0", time_range=window)
+            ),
+            timeout=60,
+        )
+        status = {d.detector: d for d in resp.detectors}
+        assert status[anomaly_pb2.DETECTOR_ISOLATION_FOREST].active
+        assert status[anomaly_pb2.DETECTOR_ISOLATION_FOREST].model_version == "iforest-1"
+        assert status[anomaly_pb2.DETECTOR_AUTOENCODER].inactive_reason == "no trained model"
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await train(stub, detector=anomaly_pb2.DETECTOR_RULES)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "DETECTOR_RULES" in (
+            err.value.details() or ""
+        )
+        too_little = common_pb2.TimeRange()
+        too_little.start_time.seconds, too_little.end_time.seconds = end - 3 * 86400, end
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await train(stub, detector=anomaly_pb2.DETECTOR_ISOLATION_FOREST, training_range=too_little)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "14 days" in (
+            err.value.details() or ""
+        )

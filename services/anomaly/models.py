@@ -121,7 +121,7 @@ class ModelManager:
         for i, part in enumerate(store.chunks(chosen, 200)):
             parts.append(await store.load_history(self.pool, part, start, end))
             progress(
-                0.1 * (i + 1) * 200 / max(1, len(chosen)),
+                0.1 * min(1.0, (i + 1) * 200 / max(1, len(chosen))),
                 f"loaded {min((i + 1) * 200, len(chosen))} of {len(chosen)} meters",
             )
         history = ReadingColumns.concat(parts) if parts else store.records_to_columns([])

@@ -330,6 +330,26 @@ async def test_training_registers_versions_and_only_a_better_one_serves(platform
         assert status[anomaly_pb2.DETECTOR_ISOLATION_FOREST].model_version == "iforest-1"
         assert status[anomaly_pb2.DETECTOR_AUTOENCODER].inactive_reason == "no trained model"
 
+        # A promoted autoencoder scores the complete days of a stored range.
+        ae = (await train(stub, detector=anomaly_pb2.DETECTOR_AUTOENCODER, training_range=window, epochs=3))[
+            -1
+        ]
+        assert ae.result.promoted and ae.result.model.model_version == "autoencoder-2"
+        week = common_pb2.TimeRange()
+        week.start_time.seconds, week.end_time.seconds = end - 7 * 86400, end
+        resp = await stub.DetectAnomalies(
+            anomaly_pb2.DetectAnomaliesRequest(
+                stored_readings=anomaly_pb2.StoredReadings(meter_id="T-1", time_range=week),
+                detectors=[anomaly_pb2.DETECTOR_AUTOENCODER],
+            ),
+            timeout=60,
+        )
+        status = {d.detector: d for d in resp.detectors}
+        assert status[anomaly_pb2.DETECTOR_AUTOENCODER].active, status
+        assert status[anomaly_pb2.DETECTOR_RULES].inactive_reason == "not requested"
+        assert all(e.detector == anomaly_pb2.DETECTOR_AUTOENCODER for e in resp.events)
+        assert resp.scored_reading_count == 7 * 96
+
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await train(stub, detector=anomaly_pb2.DETECTOR_RULES)
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "DETECTOR_RULES" in (

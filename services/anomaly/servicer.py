@@ -25,6 +25,7 @@ from services.anomaly.pipeline import DetectorStack
 from services.anomaly.state import StateTable
 from services.common.server import Runtime
 from services.ingest.codec import from_readings
+from services.ingest.columns import ReadingColumns
 from services.ingest.validation import validate
 
 log = structlog.get_logger(__name__)
@@ -200,7 +201,9 @@ class AnomalyServicer(anomaly_pb2_grpc.AnomalyServiceServicer):
             if self.stack.autoencoder is not None:
                 from services.anomaly.features import history_days
 
-                days = history_days(cols, meters)
+                # Days of the range, with each meter's scale learned from the weeks before it too.
+                all_days = history_days(ReadingColumns.concat([warm, cols]) if len(warm) else cols, meters)
+                days = all_days.take(all_days.day_start_us >= micros(tr.start_time) - 86_400_000_000 + 1)
         else:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "source is unset; set inline_readings or stored_readings"

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup run test bench bench-ingest bench-anomaly bench-billing eval-anomaly protos protos-check lint clean
+.PHONY: setup run test bench bench-ingest bench-anomaly bench-billing bench-forecast eval-anomaly eval-forecast protos protos-check lint clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,7 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
-bench: bench-ingest bench-anomaly bench-billing
+bench: bench-ingest bench-anomaly bench-billing bench-forecast
 
 # Three shapes of traffic: a head-end catching up (10 intervals per meter per batch), live traffic
 # (one interval of 10,000 meters per batch) and consumption-only meters.
@@ -44,6 +44,14 @@ bench-billing: setup
 # buildings and faults injected into the UCI household series.
 eval-anomaly: setup
 	$(PY) -m bench.eval_anomaly --write BENCHMARKS.md
+
+# Training time for the shared household set, and inference for 10,000 meters x 24 hours.
+bench-forecast: setup
+	$(PY) -m bench.forecast --write BENCHMARKS.md
+
+# Backtest (BuildingsBench protocol) of the LSTM beside the persistence baselines on ../shared/data.
+eval-forecast: setup
+	$(PY) -m bench.eval_forecast --write BENCHMARKS.md
 
 protos: setup
 	$(PY) tools/gen_protos.py

@@ -57,6 +57,7 @@ class Platform:
     anomaly_addr: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
     alerts_addr: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
     billing_addr: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
+    forecast_addr: str = field(default_factory=lambda: f"127.0.0.1:{free_port()}")
 
     @property
     def db_url(self) -> str:
@@ -77,6 +78,7 @@ class Platform:
             "METERMESH_ANOMALY_ADDR": self.anomaly_addr,
             "METERMESH_ALERTS_ADDR": self.alerts_addr,
             "METERMESH_BILLING_ADDR": self.billing_addr,
+            "METERMESH_FORECAST_ADDR": self.forecast_addr,
             "METERMESH_SHUTDOWN_READINESS_SECONDS": "0.2",
             # A killed writer's messages come back after this: short, so crash tests finish quickly.
             "METERMESH_WRITER_ACK_WAIT_SECONDS": "3",
@@ -155,6 +157,12 @@ class Platform:
         p = self.process("billing", "services.billing", self.billing_addr, **env)
         p.start()
         await p.wait_serving(60)
+        return p
+
+    async def start_forecast(self, **env: str) -> ServiceProcess:
+        p = self.process("forecast", "services.forecast", self.forecast_addr, **env)
+        p.start()
+        await p.wait_serving(90)
         return p
 
     def channel_to(self, addr: str) -> grpc.aio.Channel:

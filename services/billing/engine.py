@@ -199,6 +199,72 @@ def quote(
     )
 
 
+@dataclass(frozen=True, eq=False, slots=True)
+class HourMap:
+    """How the engine reads an hourly profile over a period on a tariff: the profile's first hour, its
+    length, and (for a time-of-use tariff) the bucket (segment x time-of-use period group) every hour is
+    summed into and the segment it falls in. A tariff without time of use takes only the total.
+
+    It lets a caller that holds usage already summed per bucket (e.g. aggregated in SQL) price it
+    without building the full profile: compact_profile() puts each bucket's energy on one hour of that
+    bucket, which the engine measures exactly as it measures the full profile, since it never looks at
+    an hour except through its bucket and segment."""
+
+    start: dt.datetime  # UTC instant of the local midnight that begins the period
+    n_hours: int
+    bucket: np.ndarray | None  # hour -> bucket; None without time of use
+    segment: np.ndarray | None  # hour -> segment; None without time of use
+    n_buckets: int  # 1 without time of use
+    bucket_segment: tuple[int, ...]  # bucket -> its segment ((0,) without time of use)
+    _first_hour_of_bucket: tuple[int, ...]
+    _first_hour_of_segment: tuple[int, ...]
+
+    def compact_profile(self, import_wh: np.ndarray, export_wh: np.ndarray | None) -> HourlyProfile:
+        """A profile with import_wh[b] (whole watt-hours) on the first hour of bucket b, and export per
+        segment on the segment's first hour; priced exactly like the full profile it summarises."""
+        imp = np.zeros(self.n_hours)
+        np.add.at(imp, np.array(self._first_hour_of_bucket), np.asarray(import_wh, dtype=np.float64) / 1000.0)
+        exp = None
+        if export_wh is not None:
+            exp = np.zeros(self.n_hours)
+            np.add.at(
+                exp, np.array(self._first_hour_of_segment), np.asarray(export_wh, dtype=np.float64) / 1000.0
+            )
+        return HourlyProfile(self.start, imp, exp)
+
+
+@functools.lru_cache(maxsize=256)
+def hour_map(
+    tariffs: TariffSet, tariff_id: str, period: BillingPeriod, *, version: str | None = None
+) -> HourMap:
+    """The HourMap of period on tariff_id (on the versions in effect, or the one forced)."""
+    plan = _plan(tariffs, tariff_id, period, version)
+    if plan.hour_bucket is None or plan.hour_segment is None:
+        return HourMap(plan.start_instant, plan.n_hours, None, None, 1, (0,), (0,), (0,))
+    n_buckets = len(plan.segments) * len(plan.period_names)
+    first_of_bucket = [-1] * n_buckets
+    bucket_segment = [0] * n_buckets
+    first_of_segment = [-1] * len(plan.segments)
+    for h, (b, s) in enumerate(zip(plan.hour_bucket.tolist(), plan.hour_segment.tolist(), strict=True)):
+        if first_of_bucket[b] < 0:
+            first_of_bucket[b] = h
+            bucket_segment[b] = s
+        if first_of_segment[s] < 0:
+            first_of_segment[s] = h
+    # Buckets no hour falls in (periods merged into their group, hours a season lacks) hold no energy;
+    # pointing them at hour 0 adds nothing there (compact_profile adds, never overwrites).
+    return HourMap(
+        plan.start_instant,
+        plan.n_hours,
+        plan.hour_bucket,
+        plan.hour_segment,
+        n_buckets,
+        tuple(bucket_segment),
+        tuple(max(h, 0) for h in first_of_bucket),
+        tuple(max(h, 0) for h in first_of_segment),
+    )
+
+
 # --- the plan: everything that depends on tariff, period and version only ---------------------------
 
 

@@ -21,10 +21,13 @@ IntArray = NDArray[np.int64]
 BoolArray = NDArray[np.bool_]
 
 CATEGORIES: Final[tuple[str, ...]] = ("residential", "commercial", "industrial", "agricultural")
+# Every value is a shipped tariff (services/billing/tariffs). Gujarat's commercial (Non-RGP) and
+# industrial (LTP) schedules are not shipped yet (no citable figures at hand), so simulated shops and
+# workshops are billed on RGP urban as a stand-in until those tariff files exist.
 TARIFF_BY_CATEGORY: Final[dict[str, str]] = {
     "residential": "in-gj-rgp-urban",
-    "commercial": "in-gj-non-rgp",
-    "industrial": "in-gj-ltp",
+    "commercial": "in-gj-rgp-urban",
+    "industrial": "in-gj-rgp-urban",
     "agricultural": "in-gj-ag-metered",
 }
 FAULT_KINDS: Final[tuple[str, ...]] = (

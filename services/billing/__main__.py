@@ -1,0 +1,5 @@
+"""`python -m services.billing`: runs the billing gRPC server."""
+
+from services.billing.server import main
+
+main()

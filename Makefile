@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup run test bench bench-ingest bench-anomaly bench-billing bench-forecast eval-anomaly eval-forecast protos protos-check lint clean
+.PHONY: setup run test bench bench-ingest bench-anomaly bench-billing bench-forecast eval-anomaly eval-forecast web-gen web-gen-check protos protos-check lint clean
 
 setup: $(STAMP)
 
@@ -66,6 +66,14 @@ node_modules/.bin/buf: package.json package-lock.json
 	@# project can reach has no others), which `npm ci` refuses as out of sync.
 	npm install --no-audit --no-fund --loglevel=error
 	@touch $@
+
+# TypeScript messages and service descriptors for the dashboard and the gRPC-web tests (web/gen).
+web-gen: node_modules/.bin/buf
+	node_modules/.bin/buf generate
+
+web-gen-check: web-gen
+	@git diff --exit-code -- web/gen/ && test -z "$$(git status --porcelain -- web/gen/)" \
+		|| (echo "web/gen/ is stale: run 'make web-gen' and commit the result" >&2; exit 1)
 
 lint: setup node_modules/.bin/buf
 	node_modules/.bin/buf lint

@@ -26,6 +26,8 @@ class CommonSettings(BaseSettings):
     stream_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9_]*$")
     # Partitions of the READINGS subjects (readings.v1.p00..): per-meter order within a partition.
     reading_partitions: int = Field(default=8, ge=1, le=256)
+    # Replicas of every JetStream stream: 1 on one machine, 3 on a clustered NATS (Kubernetes prod).
+    stream_replicas: int = Field(default=1, ge=1, le=5)
     # Size limit of the READINGS stream: when the writer falls this far behind, ingest answers
     # UNAVAILABLE (retry later) instead of accepting what it could not keep.
     readings_max_bytes: int = Field(default=4 * 1024**3, ge=1024)

@@ -78,6 +78,7 @@ def topology_of(settings: CommonSettings) -> jetstream.Topology:
         writer_ack_wait_seconds=settings.writer_ack_wait_seconds,
         anomaly_ack_wait_seconds=settings.anomaly_ack_wait_seconds,
         alerts_ack_wait_seconds=settings.alerts_ack_wait_seconds,
+        replicas=settings.stream_replicas,
     )
 
 

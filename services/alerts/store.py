@@ -27,6 +27,7 @@ import structlog
 from services.alerts import folding
 from services.alerts.folding import Alert, AlertFilter, Change, ChangeKind, EventFacts, State
 from services.anomaly.model import Kind, Severity
+from services.common import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -273,6 +274,7 @@ class AlertStore:
                 *_columns(outbox),
             )
         await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, str(numbered[-1].sequence))
+        metrics.count_alert_changes(c.kind for c in numbered)
         return numbered
 
     async def fold_events(self, events: Sequence[EventFacts]) -> list[Change]:

@@ -21,7 +21,7 @@ from services.anomaly.convert import event_to_proto, kind_subject
 from services.anomaly.model import Event
 from services.anomaly.pipeline import DetectorStack
 from services.anomaly.state import StateTable
-from services.common import jetstream
+from services.common import jetstream, metrics
 from services.ingest.codec import BadBatch, from_batch
 from services.ingest.columns import ReadingColumns
 
@@ -47,7 +47,7 @@ class EventPublisher:
         stream = self.topology.anomalies_stream
 
         async def one(e: Event) -> None:
-            await jetstream.publish(
+            ack = await jetstream.publish(
                 self.js,
                 self.topology.anomalies_subject(kind_subject(e.kind)),
                 event_to_proto(e, now_us).SerializeToString(),
@@ -55,6 +55,8 @@ class EventPublisher:
                 stream=stream,
                 timeout=self.timeout,
             )
+            if not ack.duplicate:
+                metrics.count_anomaly_events([e])
 
         # Pipelined: every publish is in flight at once, each awaiting its own ack.
         for i in range(0, len(events), 2000):
@@ -121,6 +123,7 @@ class StreamingDetector:
             await store.save_states(self.pool, dirty)
             self.state.clear_dirty()
         self.scored += len(cols)
+        metrics.count_readings(scored=len(cols))
         if events:
             log.info("anomalies published", readings=len(cols), events=len(events))
 

@@ -17,6 +17,7 @@ from metermesh.anomaly.v1 import anomaly_pb2
 from services.anomaly import store
 from services.anomaly.model import DetectorKind
 from services.anomaly.pipeline import DetectorStack
+from services.common import metrics
 from services.ingest.columns import ReadingColumns
 
 log = structlog.get_logger(__name__)
@@ -63,6 +64,7 @@ class ModelManager:
         else:
             self.stack.autoencoder = detector
         self.serving[kind] = version
+        metrics.set_model_version(kind, version)
         log.info("detector serving", detector=kind.name, model_version=version)
 
     async def refresh(self) -> None:

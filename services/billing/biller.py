@@ -34,6 +34,7 @@ from services.billing.metering import (
 )
 from services.billing.periods import BillingPeriod
 from services.billing.store import MeterRow, UsageRows
+from services.common import metrics
 
 NO_READINGS = "no readings in the billing period"
 
@@ -131,6 +132,7 @@ class Biller:
                 return existing, False
             async with pool.acquire() as conn:
                 stored = await store.write_bills(conn, result.bills)
+            metrics.count_bills(issued=len(stored))
             if stored:
                 return result.bills[0], True
             # Another computation stored a bill for this meter and period in between: look again.

@@ -38,6 +38,7 @@ from services.billing.errors import BillingError, UnknownTariff
 from services.billing.metering import Grid, scan_plan
 from services.billing.periods import BillingPeriod
 from services.billing.store import MeterRow
+from services.common import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -194,6 +195,7 @@ class CycleRunner:
         """Runs an admitted cycle to the end, updating state as chunks commit."""
         t0 = time.perf_counter()
         chunks = await self._plan(req, state)
+        metrics.count_bills(skipped=state.skipped, failed=state.failed)  # decided while planning
         log.info(
             "billing cycle planned",
             cycle_id=state.cycle_id,
@@ -409,6 +411,8 @@ class CycleRunner:
                 state.skipped += len(r.skipped)
                 for meter_id, reason in r.failures:
                     state.fail(meter_id, reason)
+                skipped = len(r.bills) - len(stored) + len(r.skipped)
+                metrics.count_bills(issued=len(stored), skipped=skipped, failed=len(r.failures))
 
         async with asyncio.TaskGroup() as tg:
             tg.create_task(reader())

@@ -47,6 +47,11 @@ class CommonSettings(BaseSettings):
     grpc_max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     db_pool_min_size: int = Field(default=1, ge=0)
     db_pool_max_size: int = Field(default=8, ge=1)
+    # Where Prometheus scrapes /metrics (host:port; ":9464" = all interfaces). Empty: not served, so
+    # several services on one machine do not collide; Kubernetes sets 0.0.0.0:9464 in every pod.
+    metrics_addr: str = Field(default="", pattern=r"^(|(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]*):[0-9]{1,5})$")
+    # How often the lag of the JetStream consumers a service runs is read (when metrics are served).
+    metrics_lag_poll_seconds: float = Field(default=5.0, gt=0, le=300)
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -1,6 +1,6 @@
-"""gRPC server interceptor: logs every call with its method, status, duration and trace id, and turns
-a dependency that is away (PostgreSQL restarting, NATS reconnecting) into UNAVAILABLE, the status
-clients retry, instead of UNKNOWN."""
+"""gRPC server interceptor: logs every call with its method, status, duration and trace id, counts it in
+the gRPC metrics (services.common.metrics), and turns a dependency that is away (PostgreSQL restarting,
+NATS reconnecting) into UNAVAILABLE, the status clients retry, instead of UNKNOWN."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import structlog
 
+from services.common import metrics
 from services.common.errors import is_transient
 
 log = structlog.get_logger("metermesh.grpc")
@@ -31,6 +32,8 @@ class _Call:
         self.method = method
         self.context = context
         self.start = time.perf_counter()
+        self.labels = metrics.rpc_labels(method)
+        metrics.rpc_started(*self.labels)
 
     async def failed(self, error: BaseException) -> None:
         """Logs the failure; re-raises it, or aborts with UNAVAILABLE when it is transient."""
@@ -49,12 +52,15 @@ class _Call:
         raise error
 
     def log(self, error: BaseException | None, status: str | None = None, **extra: Any) -> None:
+        """Called once per call, when it ends: logs it and counts it in the metrics."""
+        seconds = time.perf_counter() - self.start
         fields: dict[str, Any] = {
             "method": self.method,
             "status": status or ("UNKNOWN" if error else _status_of(self.context)),
-            "duration_ms": round((time.perf_counter() - self.start) * 1000, 2),
+            "duration_ms": round(seconds * 1000, 2),
             **extra,
         }
+        metrics.rpc_finished(*self.labels, fields["status"], seconds)
         if error is not None:
             log.error("rpc failed", error=repr(error), exc_info=error, **fields)
         elif fields["status"] in ("OK", "CANCELLED", "NOT_FOUND", "INVALID_ARGUMENT", "ALREADY_EXISTS"):
@@ -64,7 +70,7 @@ class _Call:
 
 
 class LoggingInterceptor(grpc.aio.ServerInterceptor):
-    """Health checks and reflection are not logged: probes would drown everything else."""
+    """Health checks and reflection are neither logged nor counted: probes would drown everything else."""
 
     async def intercept_service(
         self,

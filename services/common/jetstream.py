@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from nats.js import api as jsapi
 from nats.js.errors import APIError, NotFoundError
 from opentelemetry import propagate, trace
 
+from services.common import metrics
 from services.common.errors import is_transient
 
 log = structlog.get_logger(__name__)
@@ -273,6 +275,7 @@ class PullWorker:
 
     async def run(self) -> None:
         sub = await self.js.pull_subscribe_bind(self.spec.durable, stream=self.spec.stream)
+        metrics.track_consumer(self.spec)
         log.info("consumer started", stream=self.spec.stream, durable=self.spec.durable)
         try:
             while not self._stopping.is_set():
@@ -304,12 +307,14 @@ class PullWorker:
         delay = self.nak_base_delay
         while True:
             try:
+                t = time.perf_counter()
                 with tracer.start_as_current_span(
                     f"consume {self.spec.stream}",
                     links=[trace.Link(_span_context(m)) for m in msgs if _span_context(m).is_valid],
                     attributes={"messaging.batch.message_count": len(msgs)},
                 ):
                     await self.handler(msgs)
+                metrics.observe_batch(self.spec, time.perf_counter() - t)
                 return
             except Exception as exc:
                 if not is_transient(exc) or self._stopping.is_set():
@@ -348,6 +353,7 @@ class PullWorker:
         # An ack lost here (NATS away) only means a redelivery, which the handler's idempotence absorbs.
         results = await asyncio.gather(*(m.ack() for m in msgs), return_exceptions=True)
         failed = [r for r in results if isinstance(r, BaseException)]
+        metrics.consumed(self.spec, "acked", len(msgs) - len(failed))
         if failed:
             log.warning(
                 "acks failed; the messages will be redelivered", failed=len(failed), error=repr(failed[0])
@@ -373,6 +379,7 @@ class PullWorker:
             delay_seconds=delay,
         )
         await msg.nak(delay=delay)
+        metrics.consumed(self.spec, "retried")
 
     async def _dead_letter(self, msg: Msg, reason: str) -> None:
         md = msg.metadata
@@ -394,6 +401,7 @@ class PullWorker:
             headers={**headers, MSG_ID: f"{md.stream}:{md.sequence.stream}"},
         )
         await msg.ack()
+        metrics.consumed(self.spec, "dead_lettered")
         log.error(
             "message dead-lettered",
             reason=reason,

@@ -23,7 +23,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from services.common import jetstream
+from services.common import jetstream, metrics
 from services.common.config import CommonSettings
 from services.common.db import apply_migrations, create_pool
 from services.common.errors import is_transient
@@ -120,6 +120,7 @@ class Runtime:
         )
         for name in ("", *self.service_names):
             await self.health.set(name, status)
+        metrics.SERVING.set(1 if serving else 0)
 
     def spawn(self, coro: Awaitable[None], name: str) -> asyncio.Task[None]:
         """Runs a background loop; if it dies unexpectedly, the service stops rather than limp on."""
@@ -224,7 +225,7 @@ async def run_service(
 ) -> None:
     """Runs a service until SIGTERM/SIGINT (or a fatal background error), then stops it in order:
     health NOT_SERVING -> wait the readiness period -> server.stop(grace) -> stop background loops ->
-    drain NATS -> close the PostgreSQL pool -> shut telemetry down."""
+    drain NATS -> close the PostgreSQL pool -> stop serving metrics -> shut telemetry down."""
     configure_logging(name, settings.log_level)
     configure_telemetry(name)
     topology = topology_of(settings)
@@ -232,6 +233,15 @@ async def run_service(
         name=name, settings=settings, service_names=service_names, listen_addr=listen_addr, topology=topology
     )
     register(rt)
+    metrics.set_build_info(name)
+    try:
+        metrics_server = metrics.serve(settings.metrics_addr)
+    except (ValueError, OSError) as exc:
+        raise SystemExit(
+            f"{name}: cannot serve metrics at METERMESH_METRICS_ADDR={settings.metrics_addr}: {exc}"
+        ) from None
+    if metrics_server is not None:
+        log.info("serving metrics", addr=settings.metrics_addr, port=metrics_server.port)
     reflection.enable_server_reflection(
         (
             *reflection_names,
@@ -255,6 +265,8 @@ async def run_service(
         await _connect_dependencies(rt, needs_nats=needs_nats, needs_db=needs_db)
         if on_ready is not None:
             await on_ready(rt)
+        if metrics_server is not None and rt.js is not None:
+            rt.spawn(metrics.poll_consumer_lag(rt.js, settings.metrics_lag_poll_seconds), "consumer-lag")
         rt.ready.set()
         await rt.set_serving(True)
         log.info("SERVING", addr=listen_addr)
@@ -272,6 +284,7 @@ async def run_service(
 
     log.info("stopping: NOT_SERVING", readiness_seconds=settings.shutdown_readiness_seconds)
     await rt.health.enter_graceful_shutdown()
+    metrics.SERVING.set(0)
     await asyncio.sleep(settings.shutdown_readiness_seconds)
     await rt.server.stop(settings.shutdown_grace_seconds)
     for hook in rt.stop_hooks:
@@ -284,6 +297,8 @@ async def run_service(
             await rt.nc.drain()
     if rt.pool is not None:
         await rt.pool.close()
+    if metrics_server is not None:
+        await asyncio.to_thread(metrics_server.stop)
     shutdown_telemetry()
     log.info("stopped", failed=rt.failed)
     if rt.failed:

@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from metermesh.common.v1 import common_pb2
 from metermesh.ingest.v1 import ingest_pb2, ingest_pb2_grpc
 
+from services.common import metrics
 from services.common.server import Runtime
 from services.ingest import meters as reg
 from services.ingest import wire
@@ -131,6 +132,7 @@ class IngestServicer(ingest_pb2_grpc.IngestServiceServicer):
                 await self.publisher.publish(result.accepted)
             except StreamUnavailable as exc:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        metrics.count_readings(accepted=len(result.accepted), rejected=len(result.rejections))
         rejections = result.rejections
         if offset:
             rejections = [Rejection(r.index + offset, r.meter_id, r.reason, r.message) for r in rejections]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import structlog
 from nats.aio.msg import Msg
 
-from services.common import jetstream
+from services.common import jetstream, metrics
 from services.common.config import load_settings
 from services.common.errors import is_transient
 from services.common.server import Runtime, run_service
@@ -41,7 +41,8 @@ class ReadingWriter:
                 poison[i] = str(exc)
         if poison:
             raise jetstream.Poison(poison)
-        await self.store.write(ReadingColumns.concat(parts))
+        written = await self.store.write(ReadingColumns.concat(parts))
+        metrics.count_readings(stored=written.inserted, duplicate=written.duplicates)
 
 
 async def serve(settings: WriterSettings) -> None:

@@ -112,11 +112,21 @@ class Platform:
         await self.destroy_database()
 
     async def destroy_database(self) -> None:
-        conn = await asyncpg.connect(self.admin_db_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        finally:
-            await conn.close()
+        # DROP ... WITH (FORCE) terminates the test's leftover sessions; on a loaded machine the admin
+        # connection itself is now and then cut while it does, so a failed attempt is tried again.
+        for attempt in range(3):
+            conn = None
+            try:
+                conn = await asyncpg.connect(self.admin_db_url)
+                await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+                return
+            except (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError, OSError):
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.5)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    await conn.close()
 
     def process(self, name: str, module: str, addr: str, **env: str) -> ServiceProcess:
         proc = ServiceProcess(

@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PROTOS := $(shell find protos -name '*.proto')
 
-.PHONY: setup run test bench bench-ingest bench-anomaly bench-billing bench-forecast eval-anomaly eval-forecast web-gen web-gen-check protos protos-check lint clean
+.PHONY: setup run test bench bench-ingest bench-anomaly bench-billing bench-forecast bench-gateway eval-anomaly eval-forecast web-gen web-gen-check web web-check protos protos-check lint k8s-validate clean
 
 setup: $(STAMP)
 
@@ -23,7 +23,7 @@ run: setup
 test: setup
 	$(PY) -m pytest
 
-bench: bench-ingest bench-anomaly bench-billing bench-forecast
+bench: bench-ingest bench-anomaly bench-billing bench-forecast bench-gateway
 
 # Three shapes of traffic: a head-end catching up (10 intervals per meter per batch), live traffic
 # (one interval of 10,000 meters per batch) and consumption-only meters.
@@ -48,6 +48,10 @@ eval-anomaly: setup
 # Training time for the shared household set, and inference for 10,000 meters x 24 hours.
 bench-forecast: setup
 	$(PY) -m bench.forecast --write BENCHMARKS.md
+
+# Unary calls per second through the gRPC-web gateway beside the same call direct to the service.
+bench-gateway: setup
+	$(PY) -m bench.gateway --write BENCHMARKS.md
 
 # Backtest (BuildingsBench protocol) of the LSTM beside the persistence baselines on ../shared/data.
 eval-forecast: setup
@@ -75,10 +79,26 @@ web-gen-check: web-gen
 	@git diff --exit-code -- web/gen/ && test -z "$$(git status --porcelain -- web/gen/)" \
 		|| (echo "web/gen/ is stale: run 'make web-gen' and commit the result" >&2; exit 1)
 
+# The dashboard (web/src, web/index.html, web/style.css) type-checked, then bundled by esbuild into
+# gateway/static/, which the gateway serves at /. The output is committed, so web-check rebuilds it
+# and fails when it differs from what is committed.
+web: node_modules/.bin/buf
+	node_modules/.bin/tsc -p web
+	node web/build.mjs
+
+web-check: web
+	@git diff --exit-code -- gateway/static/ && test -z "$$(git status --porcelain -- gateway/static/)" \
+		|| (echo "gateway/static/ is stale: run 'make web' and commit the result" >&2; exit 1)
+
 lint: setup node_modules/.bin/buf
 	node_modules/.bin/buf lint
 	$(VENV)/bin/ruff check services gateway tests tools bench
 	$(VENV)/bin/ruff format --check services gateway tests tools bench
+
+# Renders every overlay under k8s/overlays (Python only: no kubectl needed), validates the objects
+# against the Kubernetes schemas and our policy (probes, resources, securityContext, PDBs, pinned images).
+k8s-validate: setup
+	$(PY) tools/k8s_validate.py
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache

@@ -98,5 +98,54 @@ def simulate(
     asyncio.run(main())
 
 
+@app.command()
+def token(
+    role: Annotated[str, typer.Option(help="operator (every call) or consumer (reads of its meters).")],
+    subject: Annotated[str, typer.Option(help="Who the token is for (the JWT 'sub').")],
+    meter: Annotated[
+        list[str] | None, typer.Option(help="A meter the consumer may read; repeat for several.")
+    ] = None,
+    hours: Annotated[float, typer.Option(min=0.01, max=24 * 365, help="Hours until it expires.")] = 24.0,
+    data_dir: Annotated[
+        Path,
+        typer.Option(help="Data directory of `metermesh up`, whose secret is used when the env has none."),
+    ] = Path(".metermesh"),
+) -> None:
+    """Print a development bearer token for the gRPC-web gateway.
+
+    Signed (HS256) with METERMESH_GATEWAY_JWT_SECRET, or else with the secret `metermesh up` keeps in
+    --data-dir. Only the token goes to stdout.
+
+    Examples:
+
+      metermesh token --role operator --subject alice
+
+      metermesh token --role consumer --subject bob --meter GJ-0001 --meter GJ-0002 --hours 1
+    """
+    from gateway.auth import Role, existing_stack_secret, issue_token
+
+    err = Console(stderr=True)
+    if role not in (Role.OPERATOR.value, Role.CONSUMER.value):
+        err.print(f"[red]--role is {role!r}; give operator or consumer[/]")
+        raise typer.Exit(2)
+    meters = meter or []
+    if role == Role.CONSUMER and not meters:
+        err.print("[red]a consumer token needs at least one --meter (the meters it may read)[/]")
+        raise typer.Exit(2)
+    if role == Role.OPERATOR and meters:
+        err.print("[red]--meter is for consumer tokens: an operator may read every meter[/]")
+        raise typer.Exit(2)
+    secret = existing_stack_secret(data_dir)
+    if secret is None:
+        err.print(
+            "[red]no secret to sign with:[/] set METERMESH_GATEWAY_JWT_SECRET to the gateway's secret, or "
+            f"run `metermesh up` once so that {data_dir}/ holds the generated one",
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    print(issue_token(secret, role=role, subject=subject, meters=meters, ttl_seconds=hours * 3600))
+    err.print(f"{role} token for {subject!r}, valid {hours:g} h", highlight=False)
+
+
 def main() -> None:
     app()

@@ -17,6 +17,7 @@ import nats
 import structlog
 from rich.console import Console
 
+from gateway.auth import stack_secret
 from services.common import jetstream
 from services.common.config import CommonSettings
 from services.common.db import apply_migrations
@@ -34,10 +35,16 @@ class ServiceDef:
     addr_env: str
     default_addr: str
     what: str
+    # For a process without gRPC health (the gateway): the path on addr that answers HTTP 200 when ready.
+    http_health_path: str | None = None
 
     @property
     def addr(self) -> str:
         return os.environ.get(self.addr_env, self.default_addr)
+
+    @property
+    def health_url(self) -> str | None:
+        return f"http://{self.addr}{self.http_health_path}" if self.http_health_path else None
 
 
 # Start order; they stop in reverse (ingest stops taking readings before the writer stops storing
@@ -72,11 +79,27 @@ SERVICES: list[ServiceDef] = [
         "metermesh.billing.v1.BillingService",
     ),
     ServiceDef(
+        "forecast",
+        "services.forecast",
+        "METERMESH_FORECAST_ADDR",
+        "127.0.0.1:50053",
+        "metermesh.forecast.v1.ForecastService",
+    ),
+    ServiceDef(
         "ingest",
         "services.ingest",
         "METERMESH_INGEST_ADDR",
         "127.0.0.1:50051",
         "metermesh.ingest.v1.IngestService",
+    ),
+    # Last, so it stops first: browsers are turned away before the services they call go.
+    ServiceDef(
+        "gateway",
+        "gateway",
+        "METERMESH_GATEWAY_ADDR",
+        "127.0.0.1:8080",
+        "gRPC-web gateway and dashboard",
+        http_health_path="/healthz",
     ),
 ]
 
@@ -136,9 +159,19 @@ async def up(
             console.print(f"[red]cannot prepare NATS ({nats_url}) and PostgreSQL ({db_url}):[/] {exc!r}")
             return 1
         env = {"NATS_URL": nats_url, "DATABASE_URL": db_url}
+        # The gateway finds every service at its address and verifies tokens with the platform's
+        # secret: METERMESH_GATEWAY_JWT_SECRET, or one generated and kept in the data directory.
+        gateway_env = {s.addr_env: s.addr for s in SERVICES} | {
+            "METERMESH_GATEWAY_JWT_SECRET": stack_secret(data_dir)
+        }
         for svc in SERVICES:
             p = ServiceProcess(
-                svc.name, svc.module, svc.addr, {**env, svc.addr_env: svc.addr}, logs / f"{svc.name}.log"
+                svc.name,
+                svc.module,
+                svc.addr,
+                {**env, svc.addr_env: svc.addr, **(gateway_env if svc.name == "gateway" else {})},
+                logs / f"{svc.name}.log",
+                health_url=svc.health_url,
             )
             p.start()
             procs.append(p)
@@ -157,9 +190,9 @@ async def up(
         console.print(f"  {'nats':<9} {nats_url:<22} NATS JetStream ({nats_kind})")
         console.print(f"  {'postgres':<9} {db_url} ({pg_kind})")
         console.print(f"  logs      {logs}/")
+        console.print(f"  dashboard: http://{_service('gateway').addr}/", soft_wrap=True)
         console.print(
-            "  dashboard: not built yet (the gRPC-web gateway arrives with issue 6); meanwhile "
-            f"grpcurl -plaintext {_service('ingest').addr} list",
+            f"  sign in with a token: metermesh token --data-dir {data_dir} --role operator --subject $USER",
             soft_wrap=True,
         )
         if simulate:

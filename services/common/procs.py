@@ -1,5 +1,6 @@
-"""Running services as child processes and waiting on their gRPC health: used by `metermesh up`,
-the tests and the benchmarks alike, so all three exercise the same start and stop paths."""
+"""Running services as child processes and waiting on their gRPC health (the gateway: an HTTP health
+URL): used by `metermesh up`, the tests and the benchmarks alike, so all three exercise the same start
+and stop paths."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
@@ -39,6 +41,22 @@ async def wait_serving(addr: str, timeout: float = 60.0, proc: subprocess.Popen[
     raise TimeoutError(f"{addr} was not SERVING within {timeout:g} s")
 
 
+async def wait_http_ok(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """For HTTP servers (the gateway): waits until GET url answers 200."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=1.0, trust_env=False) as client:
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"the process serving {url} exited with {proc.returncode}")
+            try:
+                if (await client.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout:g} s")
+
+
 @dataclass
 class ServiceProcess:
     name: str
@@ -46,6 +64,8 @@ class ServiceProcess:
     addr: str
     env: dict[str, str]
     log_path: Path | None = None
+    # An HTTP URL answering 200 once the process serves, for processes without gRPC health (the gateway).
+    health_url: str | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     def start(self) -> None:
@@ -59,7 +79,10 @@ class ServiceProcess:
         )
 
     async def wait_serving(self, timeout: float = 60.0) -> None:
-        await wait_serving(self.addr, timeout, self.proc)
+        if self.health_url is not None:
+            await wait_http_ok(self.health_url, timeout, self.proc)
+        else:
+            await wait_serving(self.addr, timeout, self.proc)
 
     @property
     def running(self) -> bool:

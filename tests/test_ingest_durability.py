@@ -121,6 +121,8 @@ async def test_health_is_not_serving_until_nats_and_postgres_are_reachable(
         return await health_status(platform.ingest_addr, "metermesh.ingest.v1.IngestService")
 
     await wait_for(status, lambda s: s == NOT_SERVING, what="NOT_SERVING while both are missing")
+    # Alive all the same: the liveness name Kubernetes probes must not restart a pod for an outage.
+    assert await health_status(platform.ingest_addr, "liveness") == SERVING
     await platform.create()
     server = EmbeddedNats(tmp_path / "nats", port=nats_port)
     # Still NOT_SERVING with only PostgreSQL back (checked before NATS starts).

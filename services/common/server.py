@@ -70,6 +70,9 @@ def add_servicer(
     server.add_registered_method_handlers(service.full_name, handlers)
 
 
+LIVENESS = "liveness"
+
+
 def topology_of(settings: CommonSettings) -> jetstream.Topology:
     return jetstream.Topology(
         prefix=settings.stream_prefix,
@@ -251,6 +254,10 @@ async def run_service(
         rt.server,
     )
     await rt.set_serving(False)
+    # Liveness: SERVING while the process runs, whatever its dependencies do. A Kubernetes liveness
+    # probe asks for this name, so a NATS or PostgreSQL outage takes pods out of rotation (readiness)
+    # without restarting them all.
+    await rt.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     rt.bound_port = rt.server.add_insecure_port(listen_addr)
     if rt.bound_port == 0:
         raise SystemExit(f"{name}: cannot listen on {listen_addr} (address in use?)")

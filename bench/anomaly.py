@@ -24,7 +24,7 @@ import numpy as np
 from metermesh.alerts.v1 import alerts_pb2, alerts_pb2_grpc
 from metermesh.ingest.v1 import ingest_pb2
 
-from bench.report import machine, write_section
+from bench.report import drop_streams, machine, write_section
 from services.anomaly.model import MeterInfo
 from services.anomaly.pipeline import DetectorStack
 from services.anomaly.rules import RuleConfig, RuleEngine
@@ -221,6 +221,7 @@ async def latency(
     finally:
         for p in reversed(procs):
             await p.stop(30)
+        await drop_streams(nats_url, prefix)
 
 
 async def main() -> None:

@@ -33,7 +33,7 @@ import grpc
 from metermesh.common.v1 import common_pb2
 from metermesh.ingest.v1 import ingest_pb2
 
-from bench.report import machine, write_section
+from bench.report import drop_streams, machine, write_section
 from gateway.auth import issue_token
 from services.common.db import with_database
 from services.common.embedded import env_or_embedded, free_port
@@ -230,6 +230,7 @@ async def main() -> None:
     finally:
         await gateway.stop()
         await ingest.stop()
+        await drop_streams(nats_url, name.upper() + "_")
         admin = await asyncpg.connect(admin_url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

@@ -26,7 +26,7 @@ import numpy as np
 import psutil
 from metermesh.ingest.v1 import ingest_pb2
 
-from bench.report import machine, write_section
+from bench.report import drop_streams, machine, write_section
 from services.common.db import apply_migrations
 from services.common.embedded import env_or_embedded, free_port
 from services.common.procs import ServiceProcess
@@ -281,6 +281,7 @@ async def main() -> None:
     finally:
         await ingest.stop()
         await writer.stop()
+        await drop_streams(nats_url, prefix)
         admin = await asyncpg.connect(admin_url)
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()

@@ -36,3 +36,17 @@ def write_section(path: Path, label: str, body: str) -> None:
     else:
         text += "\n" + section
     path.write_text(text)
+
+
+async def drop_streams(nats_url: str, prefix: str) -> None:
+    """Deletes a benchmark's streams: each reserves its size limit of JetStream storage until then."""
+    import nats
+
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            if prefix and info.config.name and info.config.name.startswith(prefix):
+                await js.delete_stream(info.config.name)
+    finally:
+        await nc.close()

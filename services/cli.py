@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from services.common.logging import configure_logging
+from services.operator.app import mount
 
 app = typer.Typer(
     name="metermesh",
@@ -145,6 +146,10 @@ def token(
         raise typer.Exit(2)
     print(issue_token(secret, role=role, subject=subject, meters=meters, ttl_seconds=hours * 3600))
     err.print(f"{role} token for {subject!r}, valid {hours:g} h", highlight=False)
+
+
+# The operator commands: status, meters, readings, train, bill, alerts, deadletters.
+mount(app)
 
 
 def main() -> None:

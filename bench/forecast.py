@@ -146,7 +146,11 @@ the same households, random scale factors, five time zones); best of 3 after a w
 """
     print(body)
     if args.write:
-        write_section(ROOT / args.write if not Path(args.write).is_absolute() else Path(args.write), "bench-forecast", body)
+        write_section(
+            ROOT / args.write if not Path(args.write).is_absolute() else Path(args.write),
+            "bench-forecast",
+            body,
+        )
         console.print(f"wrote the bench-forecast section of {args.write}")
 
 

@@ -120,7 +120,11 @@ class Platform:
                 conn = await asyncpg.connect(self.admin_db_url)
                 await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
                 return
-            except (asyncpg.exceptions.ConnectionDoesNotExistError, asyncpg.exceptions.InterfaceError, OSError):
+            except (
+                asyncpg.exceptions.ConnectionDoesNotExistError,
+                asyncpg.exceptions.InterfaceError,
+                OSError,
+            ):
                 if attempt == 2:
                     raise
                 await asyncio.sleep(0.5)

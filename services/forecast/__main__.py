@@ -1,0 +1,3 @@
+from services.forecast.server import main
+
+main()

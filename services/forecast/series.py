@@ -127,13 +127,19 @@ def to_hourly(
 class GapTooLong(ValueError):
     """A run of missing hours too long to fill, inside the hours the forecaster needs."""
 
-    def __init__(self, start_index: int, length: int, max_gap_hours: int = DEFAULT_MAX_GAP_HOURS) -> None:
+    def __init__(
+        self,
+        start_index: int,
+        length: int,
+        max_gap_hours: int = DEFAULT_MAX_GAP_HOURS,
+        context_hours: int = WEEK_HOURS,
+    ) -> None:
         self.start_index = int(start_index)
         self.length = int(length)
         self.max_gap_hours = int(max_gap_hours)
         super().__init__(
             f"{self.length} consecutive missing hours starting at hour {self.start_index} of the history, "
-            f"inside the last {WEEK_HOURS} hours the forecaster needs: at most {self.max_gap_hours} "
+            f"inside the last {context_hours} hours the forecast needs: at most {self.max_gap_hours} "
             "missing hours in a row can be filled; send the missing hours or a history ending before the gap"
         )
 
@@ -168,13 +174,13 @@ def fill_gaps(
     ctx_start = max(0, n - context_hours)
     known = np.flatnonzero(~missing)
     if not len(known):
-        raise GapTooLong(0, n, max_gap_hours)
+        raise GapTooLong(0, n, max_gap_hours, context_hours)
     for s, length in _runs(missing):
         e = s + length  # exclusive
         leading, trailing = s == 0, e == n
         if length > max_gap_hours:
             if e > ctx_start:
-                raise GapTooLong(s, length, max_gap_hours)
+                raise GapTooLong(s, length, max_gap_hours, context_hours)
             continue
         if not leading and not trailing:
             x0, x1 = v[s - 1], v[e]

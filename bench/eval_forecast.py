@@ -199,6 +199,7 @@ def main() -> None:
         print(f"eval-forecast skipped: no shared data at {root} (set --data or METERMESH_DATA_DIR)")
         return
     torch.set_num_threads(2)
+    load = os.getloadavg()[0]
     started = time.perf_counter()
     uci, lcl, sgsc = load_uci(root), load_lcl(root), load_sgsc(root)
     lead, labels = load_lead(root)
@@ -330,7 +331,8 @@ Command: `python -m bench.eval_forecast --write BENCHMARKS.md` (`make eval-forec
 
 Measured {dt.date.today().isoformat()} on {machine()}; torch {torch.__version__} (CPU, 2 threads). The whole
 evaluation took {total_s:.0f} s: {seeds_text}, each trained in {train_times}; the LSTM forecasts all {len(w):,}
-test windows in {runs[0][4]:.2f} s. The machine is shared with other work, so times vary. The data stays in
+test windows in {runs[0][4]:.2f} s. The machine is shared with other work (load average {load:.1f} at the start), so
+times vary: a run takes about 110 s on an idle machine and up to four times that while other jobs run. The data stays in
 `../shared/data` (see its PROVENANCE files); nothing is copied into the repository.
 
 Data: {len(series)} meters, {hours:,} hours: UCI Sceaux (1 household, hourly; the logger's outage hours, all-zero or

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import time
 from pathlib import Path
 
@@ -40,7 +41,7 @@ console = Console(stderr=True)
 
 def households(root: Path) -> tuple[list[HourlySeries], str]:
     if (root / "uci-household-hourly").is_dir():
-        return load_uci(root) + load_lcl(root) + load_sgsc(root), f"the real households in `{root.name}/`"
+        return load_uci(root) + load_lcl(root) + load_sgsc(root), "the real households in `../shared/data`"
     rng = np.random.default_rng(0)
     out = []
     for i in range(7):
@@ -87,6 +88,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
 
+    load = os.getloadavg()[0]
     series, source = households(data_root(args.data))
     hours = sum(int(np.isfinite(s.values_kwh).sum()) for s in series)
     console.print(f"training on {source}: {len(series)} meters, {hours:,} hours")
@@ -120,10 +122,11 @@ def main() -> None:
 Command: `python -m bench.forecast --write BENCHMARKS.md` (`make bench-forecast`)
 
 Measured {dt.date.today().isoformat()} on {machine()}; torch {torch.__version__} (CPU), 2 threads. The machine is
-shared with other work, so times can vary by a factor of two between runs.
+shared with other work (load average {load:.1f} at the start), so times vary between runs: training took up to four
+times as long while other jobs ran.
 
 Training: `train_forecaster` with the default hyper-parameters ({hp["epochs"]} epochs of
-{hp["samples_per_epoch"]:,} windows sampled from all hourly origins, batch {hp["batch_size"]}, LSTM
+{hp["samples_per_epoch"]:,} windows sampled evenly over the meters from all hourly origins, batch {hp["batch_size"]}, LSTM
 {hp["lstm_hidden"]} hidden units, {model.parameter_count:,} parameters) on {source}: {len(series)}
 meters, {hours:,} hours, {outcome.sample_count:,} training windows, the last {HOLDOUT_DAYS} days of each
 meter held out.

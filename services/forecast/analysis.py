@@ -317,7 +317,7 @@ def analyze(
             reasons.append(
                 ScoreReason(
                     f"it uses {mean_daily:.1f} kWh/day, more than {p:.0f}% of {peer_cmp.peer_count} similar "
-                    f"meters (median {med:.1f} kWh/day)",
+                    f"meters do (their median: {med:.1f} kWh/day)",
                     min(30.0, (p - 50.0) * 0.6),
                 )
             )
@@ -325,7 +325,7 @@ def analyze(
             reasons.append(
                 ScoreReason(
                     f"it uses {mean_daily:.1f} kWh/day, less than {100 - p:.0f}% of {peer_cmp.peer_count} similar "
-                    f"meters (median {med:.1f} kWh/day)",
+                    f"meters do (their median: {med:.1f} kWh/day)",
                     -min(10.0, (50.0 - p) * 0.2),
                 )
             )

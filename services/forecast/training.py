@@ -19,10 +19,17 @@ API:
 Split by time, per meter: the last holdout_days days of each meter's series (up to its last hour with
 data) are held out; training windows (168 h context, up to 168 h target) lie entirely before them, so
 the backtest (BuildingsBench protocol, services.forecast.backtest) never sees a trained-on hour as a
-target. The validation loss reported per epoch is the pinball loss on the held-out windows; it is not
+target. The train loss reported per epoch is the training objective (with its squared-error term);
+the validation loss is the pinball loss alone on the held-out windows' first day; it is not
 used to pick an epoch (that would tune on the backtest): the model after the last epoch is kept.
 A meter takes part when it has at least MIN_TRAIN_DAYS days before its held-out part and at least one
 complete held-out window; shorter series are left out (the message names how many).
+Fitting (hyper-parameters in services.forecast.lstm.DEFAULT_HYPERPARAMETERS): every hourly origin
+with a complete 168 h context is a training window (targets up to 168 h, the first day weighted
+day_ahead_weight times); each epoch samples samples_per_epoch of them evenly over the meters (a year
+of one building counts as much as four years of one home), Adam with a one-cycle learning rate,
+gradient clipping at 1; loss = pinball at 0.1/0.5/0.9 + center_mse_weight x squared error of p50,
+on scaled kWh capped at target_cap; outage_augment of the windows get one context day zeroed.
 Deterministic given the seed (torch seeded in a forked RNG, numpy Generators for sampling, at most 2
 threads). Called from a worker thread: no asyncio here.
 """
